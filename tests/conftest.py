@@ -1,0 +1,39 @@
+"""Shared fixtures: the ../shared folder (CI has it, a user's clone does not) and devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = (REPO / ".." / "shared").resolve()
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """Path of ../shared; skips the test where it is absent (a user's clone)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: reference vectors and test photographs ship only with CI")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def golden(shared_dir: Path):
+    """The rloss C++ reference vectors (``densecrf_golden.npz``) as a dict of numpy arrays."""
+    import numpy as np
+
+    path = shared_dir / "reference" / "densecrf_golden.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Every available device: CPU always, CUDA where present."""
+    return torch.device(request.param)
