@@ -1,0 +1,206 @@
+"""Input validation shared by the losses: clear ``ValueError`` at the boundary.
+
+Every check names the argument, what it got and what it wants. The checks
+cost a few reductions (one ``aminmax`` per tensor, one sum over classes for
+``probs``), small next to the lattice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+#: Tolerance on ``|sum_k probs_k - 1|`` (and on the 0..1 range) for float32/float64
+#: probs: loose enough for probabilities computed in bf16 and upcast, tight enough
+#: to catch logits or unnormalised maps.
+PROBS_TOL: float = 1e-2
+#: The same tolerance for float16 / bfloat16 probs (bf16 keeps ~3 significant digits).
+PROBS_TOL_HALF: float = 5e-2
+#: Image values may exceed 0..255 by this much (rounding of resized images).
+IMAGE_RANGE_TOL: float = 1e-3
+#: Maximum value below which an image "looks like 0..1".
+IMAGE_UNIT_MAX: float = 1.0
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+#: Argument names already warned about (image looks like 0..1): warn once per process.
+_WARNED: set[str] = set()
+
+
+def warn_once(key: str, message: str, stacklevel: int = 4) -> None:
+    """Emit ``message`` as a ``UserWarning`` the first time ``key`` is seen in this process."""
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(message, UserWarning, stacklevel=stacklevel)
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(int(s) for s in t.shape)
+
+
+def check_float_tensor(name: str, t: object, ndim: int, want: str) -> Tensor:
+    """Check that ``t`` is a non-empty floating tensor with ``ndim`` dimensions."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have shape {want}, got {_shape(t)}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {_shape(t)}")
+    return t
+
+
+def _minmax(name: str, t: Tensor) -> tuple[float, float]:
+    lo, hi = torch.aminmax(t.detach().float())
+    lo_f, hi_f = float(lo), float(hi)
+    if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return lo_f, hi_f
+
+
+def check_image(image: object, name: str = "image") -> Tensor:
+    """Validate a guidance image: ``(N, C, H, W)`` float, finite, values in 0..255.
+
+    Warns once per process (naming ``name``) when all values lie in 0..1,
+    which usually means the image was scaled to 0..1: the colour bandwidth
+    ``sigma_rgb`` is in 0..255 units, so such an image is effectively one colour.
+    """
+    image = check_float_tensor(name, image, 4, "(N, C, H, W)")
+    lo, hi = _minmax(name, image)
+    if lo < -IMAGE_RANGE_TOL or hi > 255.0 + IMAGE_RANGE_TOL:
+        raise ValueError(
+            f"{name} must hold raw intensities in 0..255 (sigma_rgb is in those units), "
+            f"got values in [{lo:.4g}, {hi:.4g}]; pass the unnormalised image "
+            "(e.g. the dataset's 'image_raw'), not the network input"
+        )
+    if hi <= IMAGE_UNIT_MAX and hi > 0.0:
+        warn_once(
+            name,
+            f"{name} has all values in 0..1 (max {hi:.3g}) but the losses expect 0..255: "
+            f"multiply {name} by 255, or the colour kernel sees a single colour",
+        )
+    return image
+
+
+def check_probs(probs: object, roi: Tensor | None = None, name: str = "probs") -> Tensor:
+    """Validate ``(N, K, H, W)`` probabilities: finite, in 0..1, summing to 1 over K.
+
+    The sum-to-one check is made only where ``roi > 0`` (pixels outside the
+    region of interest are ignored by the losses and may hold anything finite).
+    """
+    probs = check_float_tensor(name, probs, 4, "(N, K, H, W)")
+    tol = PROBS_TOL_HALF if probs.dtype in _HALF_DTYPES else PROBS_TOL
+    lo, hi = _minmax(name, probs)
+    if lo < -tol or hi > 1.0 + tol:
+        raise ValueError(
+            f"{name} must be probabilities in 0..1 (softmax over dim 1), "
+            f"got values in [{lo:.4g}, {hi:.4g}]; did you pass logits?"
+        )
+    err = (probs.detach().sum(1, dtype=torch.float32) - 1.0).abs()
+    if roi is not None:
+        err = err * (roi.detach() > 0)
+    worst = float(err.max())
+    if worst > tol:
+        raise ValueError(
+            f"{name} must sum to 1 over the class dimension (dim 1, K={probs.shape[1]}), "
+            f"got a pixel whose sum differs from 1 by {worst:.3g} (tolerance {tol:g}); "
+            "apply softmax(dim=1) first"
+        )
+    return probs
+
+
+def check_roi(roi: object, probs: Tensor, name: str = "roi") -> Tensor:
+    """Validate or create the region of interest: ``(N, H, W)``, values in 0..1.
+
+    Returns ``roi`` as a floating tensor (bool is converted), or all ones
+    (``probs``'s dtype and device) when ``roi`` is None.
+    """
+    n, _, h, w = probs.shape
+    if roi is None:
+        return torch.ones(n, h, w, dtype=probs.dtype, device=probs.device)
+    if not isinstance(roi, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(roi).__name__}")
+    if _shape(roi) != (n, h, w):
+        raise ValueError(
+            f"{name} must have shape (N, H, W) = {(n, h, w)} to match probs "
+            f"{_shape(probs)}, got {_shape(roi)}"
+        )
+    if roi.dtype == torch.bool:
+        roi = roi.to(probs.dtype)
+    elif roi.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a float or bool tensor, got dtype {roi.dtype}")
+    check_same_device((name, roi), ("probs", probs))
+    lo, hi = _minmax(name, roi)
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{name} must hold values in 0..1, got values in [{lo:.4g}, {hi:.4g}]")
+    return roi
+
+
+def check_same_device(*named: tuple[str, Tensor]) -> None:
+    """Raise ``ValueError`` unless all the named tensors share one device."""
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} is on {t.device} but {first_name} is on {first.device}: "
+                "move them to the same device"
+            )
+
+
+def check_spatial_match(image: Tensor, probs: Tensor) -> None:
+    """``image`` ``(N, C, H, W)`` and ``probs`` ``(N, K, H, W)`` must share N, H and W."""
+    if image.shape[0] != probs.shape[0] or image.shape[2:] != probs.shape[2:]:
+        n, _, h, w = _shape(probs)
+        raise ValueError(
+            f"image must have shape (N, C, H, W) with N, H, W = {(n, h, w)} from probs "
+            f"{_shape(probs)}, got {_shape(image)}"
+        )
+
+
+def check_positive(name: str, value: float) -> float:
+    """A finite number > 0, returned as float."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return v
+
+
+def check_weight(name: str, value: float) -> float:
+    """A finite number >= 0 (a loss weight), returned as float."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    return v
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """float64 for float64 inputs (tests, gradcheck), float32 otherwise (half is upcast)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+@contextlib.contextmanager
+def no_autocast(device: torch.device) -> Iterator[None]:
+    """Disable autocast on ``device`` inside the block (the lattice computes in float32)."""
+    try:
+        enabled = torch.is_autocast_enabled(device.type)
+    except (RuntimeError, TypeError):  # device type without autocast support
+        enabled = False
+    if not enabled:
+        yield
+        return
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield

@@ -1,0 +1,319 @@
+r"""DenseCRF loss: the relaxed Potts energy over a fully connected bilateral graph.
+
+Tang, Perazzi, Djelouah, Ben Ayed, Schroers, Boykov, "On Regularized Losses
+for Weakly-supervised CNN Segmentation", ECCV 2018.
+
+With ``S̃ = S ⊙ roi`` (softmax ``S`` masked by the region of interest) and the
+bilateral Gaussian kernel ``W_ij = exp(-|p_i - p_j|²/2σ_xy² - |I_i - I_j|²/2σ_rgb²)``
+approximated by the permutohedral lattice (:mod:`rloss.lattice`)::
+
+    E = (1/N) Σ_k S̃_kᵀ W (roi − S̃_k)                          (N = batch size)
+      = (1/N) Σ_ij W_ij roi_i roi_j (1 − S_i · S_j)   ≥ 0
+
+``E`` is the expected affinity-weighted number of pixel pairs that get
+different labels. The rloss reference reports ``−(1/N) Σ_k S̃_kᵀ W S̃_k``
+instead; the two differ by ``(1/N) Σ_k S̃_kᵀ W roi``, whose gradient with
+respect to ``S_ik`` is ``roi_i (W roi)_i / N`` for every class k, which the
+softmax removes. Training is identical; see ``docs/losses.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rloss.lattice import Lattice, bilateral_features
+from rloss.losses import _checks
+
+__all__ = [
+    "DEFAULT_SIGMA_RGB",
+    "DEFAULT_SIGMA_XY",
+    "DEFAULT_WEIGHT",
+    "DenseCRFLoss",
+    "densecrf_loss",
+]
+
+#: The rloss reference's DenseCRF loss weight (VOC, with sigma_rgb=15, sigma_xy=100).
+DEFAULT_WEIGHT: float = 2e-9
+#: The rloss reference's colour bandwidth, in 0..255 intensity units.
+DEFAULT_SIGMA_RGB: float = 15.0
+#: The rloss reference's spatial bandwidth, in pixels of the full-resolution input.
+DEFAULT_SIGMA_XY: float = 100.0
+#: Relative floor of the normalised-cut denominators (times the image volume dᵀroi).
+NCUT_EPS: float = 1e-8
+
+
+def prepare_pairwise(
+    image: Tensor,
+    probs: Tensor,
+    roi: Tensor | None,
+    sigma_rgb: float,
+    sigma_xy: float,
+    scale_factor: float,
+    backend: str | None,
+) -> tuple[Lattice, Tensor, Tensor]:
+    """Validate, cast, downscale and build the lattice shared by the pairwise losses.
+
+    Must run with autocast disabled. Returns ``(lattice, probs_c, roi_c)`` where
+    ``probs_c`` ``(N, K, h, w)`` is in the compute dtype (float64 for float64
+    ``probs``, float32 otherwise) and still attached to ``probs``'s graph, and
+    ``roi_c`` ``(N, h, w)`` is detached, same dtype.
+    """
+    probs = _checks.check_float_tensor("probs", probs, 4, "(N, K, H, W)")
+    image = _checks.check_float_tensor("image", image, 4, "(N, C, H, W)")
+    _checks.check_same_device(("probs", probs), ("image", image))
+    _checks.check_spatial_match(image, probs)
+    roi_t = _checks.check_roi(roi, probs)
+    _checks.check_image(image)
+    _checks.check_probs(probs, roi_t)
+    sigma_rgb = _checks.check_positive("sigma_rgb", sigma_rgb)
+    sigma_xy = _checks.check_positive("sigma_xy", sigma_xy)
+    scale_factor = _checks.check_positive("scale_factor", scale_factor)
+
+    dtype = _checks.compute_dtype(probs)
+    probs_c = probs.to(dtype)
+    image_c = image.detach().to(dtype)
+    roi_c = roi_t.detach().to(dtype)
+    if scale_factor != 1.0:
+        # Exactly as the reference: nearest for image and roi, bilinear for probs.
+        image_c = F.interpolate(image_c, scale_factor=scale_factor, mode="nearest")
+        probs_c = F.interpolate(
+            probs_c, scale_factor=scale_factor, mode="bilinear", align_corners=False
+        )
+        roi_c = F.interpolate(roi_c.unsqueeze(1), scale_factor=scale_factor, mode="nearest")
+        roi_c = roi_c.squeeze(1)
+        if probs_c.shape[-1] == 0 or probs_c.shape[-2] == 0:
+            raise ValueError(
+                f"scale_factor={scale_factor} shrinks probs of shape {tuple(probs.shape)} "
+                "to an empty image"
+            )
+    feats = bilateral_features(image_c, sigma_rgb, sigma_xy * scale_factor, check_finite=False)
+    return Lattice(feats, backend=backend), probs_c, roi_c
+
+
+class _PairwiseEnergy(torch.autograd.Function):
+    """Potts / normalised-cut energy with an analytic backward (no second filter).
+
+    W is symmetric, so ``d(S̃ᵀWS̃)/dS̃ = 2 W S̃``: the backward reuses ``W S̃`` and
+    ``W roi`` from the forward pass, both filtered in one lattice call with
+    ``K + 1`` channels.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, probs: Tensor, roi: Tensor, lattice: Lattice, kind: str, normalize: bool
+    ) -> Tensor:
+        n, k = probs.shape[:2]
+        r = roi.unsqueeze(1)
+        s = probs * r
+        filt = lattice.filter(torch.cat([s, r], dim=1), check_finite=False)
+        ws, wr = filt[:, :k], filt[:, k:]
+        tiny = torch.finfo(probs.dtype).tiny
+        if kind == "potts":
+            per_image = (s * (wr - ws)).sum(dim=(1, 2, 3))  # (N,)
+            grad = wr - 2.0 * ws  # dE_n / dS̃
+            if normalize:
+                volume = (r * wr).sum(dim=(1, 2, 3)).clamp_min(tiny)  # roiᵀ W roi
+                per_image = per_image / volume
+                grad = grad / volume.view(n, 1, 1, 1)
+        elif kind == "ncut":
+            assoc = (s * ws).sum(dim=(2, 3))  # (N, K)  S̃_kᵀ W S̃_k
+            degree = (s * wr).sum(dim=(2, 3))  # (N, K)  dᵀ S̃_k
+            volume = (r * wr).sum(dim=(1, 2, 3))  # (N,)  dᵀ roi
+            denom = degree + NCUT_EPS * volume.unsqueeze(1) + tiny
+            cut = degree - assoc
+            per_image = (cut / denom).sum(dim=1)
+            grad = (wr - 2.0 * ws) / denom[..., None, None] - (cut / denom.square())[
+                ..., None, None
+            ] * wr
+        else:  # pragma: no cover - internal
+            raise ValueError(f"unknown pairwise energy {kind!r}")
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(grad * (r / n))
+        return per_image.sum() / n
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        (grad,) = ctx.saved_tensors
+        return grad_out * grad, None, None, None, None
+
+
+def pairwise_energy(
+    image: Tensor,
+    probs: Tensor,
+    roi: Tensor | None,
+    *,
+    kind: str,
+    sigma_rgb: float,
+    sigma_xy: float,
+    scale_factor: float,
+    normalize: bool,
+    backend: str | None,
+) -> Tensor:
+    """Shared body of :func:`densecrf_loss` and :func:`rloss.losses.ncut_loss` (unweighted)."""
+    device = probs.device if isinstance(probs, Tensor) else torch.device("cpu")
+    with _checks.no_autocast(device):
+        lattice, probs_c, roi_c = prepare_pairwise(
+            image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend
+        )
+        return _PairwiseEnergy.apply(probs_c, roi_c, lattice, kind, bool(normalize))
+
+
+def densecrf_loss(
+    image: Tensor,
+    probs: Tensor,
+    roi: Tensor | None = None,
+    *,
+    weight: float = DEFAULT_WEIGHT,
+    sigma_rgb: float = DEFAULT_SIGMA_RGB,
+    sigma_xy: float = DEFAULT_SIGMA_XY,
+    scale_factor: float = 1.0,
+    normalize: bool = False,
+    backend: str | None = None,
+) -> Tensor:
+    r"""DenseCRF (relaxed Potts) loss ``weight · E``, ``E = (1/N) Σ_k S̃_kᵀ W (roi − S̃_k) ≥ 0``.
+
+    ``S̃ = probs ⊙ roi``; ``W`` is the bilateral Gaussian kernel over
+    ``(x/σ_xy, y/σ_xy, I/σ_rgb)`` computed by the permutohedral lattice
+    (which, like the rloss reference, returns about 0.5–0.7 times the exact
+    Gaussian sum, so the reference's weights carry over). ``N`` is the batch
+    size. The gradient with respect to ``probs`` equals the reference's
+    ``−2 W S̃ / N · roi`` plus ``W roi / N · roi``, identical for every class
+    at a pixel (removed by the softmax); see ``docs/losses.md``.
+
+    One lattice is built per call and ``[S̃, roi]`` is filtered in one pass
+    with ``K + 1`` channels; the backward pass reuses that result (W is
+    symmetric), so no second filtering happens. Computation is float32
+    (float64 for float64 ``probs``) with autocast disabled; half inputs are
+    accepted. No gradient flows to ``image`` or ``roi``.
+
+    Reference: Tang et al., "On Regularized Losses for Weakly-supervised CNN
+    Segmentation", ECCV 2018.
+
+    Args:
+        image: ``(N, C, H, W)`` float guidance image, raw intensities in
+            0..255 (RGB, grayscale or any number of channels).
+        probs: ``(N, K, H, W)`` float softmax probabilities (sum to 1 over K
+            wherever ``roi > 0``).
+        roi: ``(N, H, W)`` float or bool region of interest in 0..1 (1 where
+            the loss applies, 0 on padding); ``None`` means all ones.
+        weight: loss weight λ ≥ 0 (reference: 2e-9 with ``normalize=False``).
+        sigma_rgb: colour bandwidth in 0..255 units (reference: 15).
+        sigma_xy: spatial bandwidth in pixels of the *input* resolution
+            (reference: 100); it is multiplied by ``scale_factor``.
+        scale_factor: the inputs are resized by this factor before the loss
+            (``F.interpolate``: nearest for image and roi, bilinear with
+            ``align_corners=False`` for probs), as the reference does
+            (0.5 in its recipes).
+        normalize: divide each image's energy by ``roiᵀ W roi`` = (roi pixel
+            count) × (mean kernel mass ``(W roi)_i`` over roi pixels). The
+            normalised energy is the affinity-weighted fraction of pixel pairs
+            labelled differently, in 0..1 whatever the resolution, sigmas or
+            lattice gain, so a weight of order 0.1 is sensible. It matches the
+            unnormalised loss with weight ``w_ref`` when
+            ``weight = w_ref · roiᵀ W roi`` (roiᵀ W roi is about 3e7–7e7 on
+            513×513 VOC crops at scale 0.5 with σ = 15/100, so ``w_ref=2e-9``
+            corresponds to ``weight`` ≈ 0.06–0.15; see ``docs/losses.md``).
+        backend: lattice backend (``"torch"``, ``"numba"``, ``"exact"``) or
+            ``None`` for the device default.
+
+    Returns:
+        0-dim tensor, float32 (float64 for float64 ``probs``), ``≥ 0``.
+
+    Example:
+        >>> import torch
+        >>> from rloss.losses import densecrf_loss
+        >>> image = torch.rand(2, 3, 32, 32) * 255
+        >>> logits = torch.randn(2, 4, 32, 32, requires_grad=True)
+        >>> loss = densecrf_loss(image, logits.softmax(1), weight=2e-9, sigma_xy=100.0)
+        >>> loss.backward()
+    """
+    weight = _checks.check_weight("weight", weight)
+    energy = pairwise_energy(
+        image,
+        probs,
+        roi,
+        kind="potts",
+        sigma_rgb=sigma_rgb,
+        sigma_xy=sigma_xy,
+        scale_factor=scale_factor,
+        normalize=normalize,
+        backend=backend,
+    )
+    return weight * energy
+
+
+class DenseCRFLoss(nn.Module):
+    r"""Module form of :func:`densecrf_loss`: ``weight · (1/N) Σ_k S̃_kᵀ W (roi − S̃_k)``.
+
+    Holds only hyper-parameters; see :func:`densecrf_loss` for the formula,
+    shapes and the relation to the rloss reference (Tang et al., ECCV 2018).
+
+    Args:
+        weight: loss weight (reference 2e-9).
+        sigma_rgb: colour bandwidth, 0..255 units (reference 15).
+        sigma_xy: spatial bandwidth in input pixels (reference 100).
+        scale_factor: resize factor applied before the loss (reference 0.5).
+        normalize: divide by ``roiᵀ W roi`` per image (weight ≈ 0.1 matches 2e-9).
+        backend: lattice backend or ``None`` for the device default.
+
+    Shape:
+        - image: ``(N, C, H, W)`` float, 0..255.
+        - probs: ``(N, K, H, W)`` float softmax.
+        - roi: ``(N, H, W)`` or ``None``.
+        - output: scalar.
+
+    Example:
+        >>> import torch
+        >>> from rloss.losses import DenseCRFLoss
+        >>> crf = DenseCRFLoss(weight=2e-9, sigma_rgb=15.0, sigma_xy=100.0, scale_factor=0.5)
+        >>> image = torch.rand(1, 3, 64, 64) * 255
+        >>> probs = torch.randn(1, 21, 64, 64).softmax(1)
+        >>> float(crf(image, probs)) >= 0
+        True
+    """
+
+    #: How :class:`~rloss.losses.CompositeLoss` feeds this term.
+    inputs: ClassVar[str] = "image_probs_roi"
+
+    def __init__(
+        self,
+        weight: float = DEFAULT_WEIGHT,
+        sigma_rgb: float = DEFAULT_SIGMA_RGB,
+        sigma_xy: float = DEFAULT_SIGMA_XY,
+        scale_factor: float = 1.0,
+        normalize: bool = False,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.weight = _checks.check_weight("weight", weight)
+        self.sigma_rgb = _checks.check_positive("sigma_rgb", sigma_rgb)
+        self.sigma_xy = _checks.check_positive("sigma_xy", sigma_xy)
+        self.scale_factor = _checks.check_positive("scale_factor", scale_factor)
+        self.normalize = bool(normalize)
+        self.backend = backend
+
+    def extra_repr(self) -> str:
+        return (
+            f"weight={self.weight:g}, sigma_rgb={self.sigma_rgb:g}, sigma_xy={self.sigma_xy:g}, "
+            f"scale_factor={self.scale_factor:g}, normalize={self.normalize}, "
+            f"backend={self.backend!r}"
+        )
+
+    def forward(self, image: Tensor, probs: Tensor, roi: Tensor | None = None) -> Tensor:
+        return densecrf_loss(
+            image,
+            probs,
+            roi,
+            weight=self.weight,
+            sigma_rgb=self.sigma_rgb,
+            sigma_xy=self.sigma_xy,
+            scale_factor=self.scale_factor,
+            normalize=self.normalize,
+            backend=self.backend,
+        )
