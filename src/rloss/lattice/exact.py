@@ -28,7 +28,23 @@ def exact_filter(features: Tensor, values: Tensor) -> Tensor:
 
     Returns:
         ``(N, C, P)`` float64 tensor ``sum_j exp(-|f_i - f_j|^2 / 2) v_j``.
+
+    Raises:
+        ValueError: when the shapes or devices of ``features`` and ``values``
+            do not match.
     """
+    if features.dim() != 3 or values.dim() != 3:
+        raise ValueError(
+            f"features must be (N, P, d) and values (N, C, P), got {tuple(features.shape)} "
+            f"and {tuple(values.shape)}"
+        )
+    if features.shape[0] != values.shape[0] or features.shape[1] != values.shape[2]:
+        raise ValueError(
+            f"features {tuple(features.shape)} and values {tuple(values.shape)} disagree: "
+            "want (N, P, d) and (N, C, P)"
+        )
+    if features.device != values.device:
+        raise ValueError(f"features are on {features.device} but values on {values.device}")
     f = features.to(torch.float64)
     v = values.to(torch.float64)
     n, p, _ = f.shape
@@ -49,8 +65,10 @@ class ExactLattice:
         self.features = features
 
     def apply(self, values: Tensor) -> Tensor:
+        """``(N, C, P)`` values -> ``(N, C, P)`` exact filter, float64 on any input dtype."""
         return exact_filter(self.features, values)
 
 
 def build(features: Tensor) -> ExactLattice:
+    """Backend entry point: ``features`` ``(N, P, d)`` -> :class:`ExactLattice`."""
     return ExactLattice(features)
