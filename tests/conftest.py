@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist every worker gets one core: one intra-op thread each.
+
+    Two workers with two OpenMP (torch) and two numba threads each on a 2-core
+    machine oversubscribe it, which makes small torch ops orders of magnitude
+    slower. Tests that need more threads set them explicitly.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a core dependency
+            return
+        numba.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
