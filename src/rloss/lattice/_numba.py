@@ -1,0 +1,650 @@
+"""Fast CPU backend of the permutohedral lattice, compiled with numba.
+
+Same lattice as the rloss reference (Krähenbühl's ``permutohedral.cpp`` as
+adapted by CRF-as-RNN; see :mod:`rloss.lattice`): elevation with
+``scale_i = sqrt(2/3) (d+1) / sqrt((i+1)(i+2))``, rounding to the nearest
+remainder-0 point, rank and barycentric weights in float32, d+1 blur passes of
+``v + 0.5 (v[n1] + v[n2])`` (a missing neighbour counts as 0) and slicing with
+``alpha = 1 / (1 + 2^-d)``.
+
+How the work is laid out (all loops are compiled; nothing loops over pixels
+or channels in Python):
+
+* **Tasks.** The pixels of the batch are cut into ``N * B`` tasks, ``B``
+  contiguous pixel blocks per image, ``B`` a function of ``(N, P)`` only
+  (one block per image when the batch alone keeps the threads busy). The
+  numerical result therefore never depends on the number of threads.
+* **Build.** In parallel over tasks, every pixel is elevated, rounded, ranked
+  and given barycentric weights; its d+1 enclosing vertices go into a
+  task-local open-addressing hash table with full key comparison (the d
+  integer coordinates; the image is implicit because tables never span
+  images). Then, in parallel over images, the task-local vertices are merged
+  into one table per image, giving global vertex ids (contiguous per image).
+  Blur neighbours are looked up once, in parallel over vertices, and stored.
+  Per pixel the build keeps only the d+1 (slot, global vertex, weight)
+  triples that splat and slice reuse.
+* **Filter** ``(N, C, P)``: values live as ``(vertices, C)`` rows, class index
+  innermost, all C channels in one pass. Splat scatters each pixel into its
+  task's private rows (race-free, sequential reads of the input); with
+  ``B > 1`` the private rows are summed per vertex through a precomputed
+  vertex -> slots list in a fixed order (deterministic). Blur and slice are
+  parallel over vertices and pixels.
+
+Kernels are compiled with ``cache=True``: the first call in a new process
+loads them from numba's on-disk cache instead of compiling.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+from torch import Tensor
+
+__all__ = ["NumbaLattice", "build"]
+
+#: A task (pixel block) never has fewer pixels than this, unless the image does.
+_MIN_BLOCK = 4096
+#: Split images into blocks until the batch has at least this many tasks.
+_MIN_TASKS = 8
+#: Rows processed per parallel chunk in vertex loops (amortises scratch allocation).
+_CHUNK = 2048
+#: Initial capacity of a task-local hash table (a power of two; it grows by doubling).
+_TABLE0 = 4096
+#: Batches with fewer pixels run on one thread: below this, the cost of waking
+#: and synchronising threads (several ms per parallel region on a busy machine)
+#: exceeds the work. The results do not depend on the thread count.
+_SERIAL_PIXELS = 32768
+#: Largest |elevated coordinate| accepted: keys and their neighbours must fit int32.
+_MAX_COORD = 2.0**30
+
+
+def _blocks_per_image(n: int, p: int) -> int:
+    """Pixel blocks per image: a function of the shapes only (thread-count independent)."""
+    if n >= _MIN_TASKS:
+        return 1
+    want = -(-_MIN_TASKS // n)
+    return max(1, min(want, p // _MIN_BLOCK))
+
+
+@njit(cache=True)
+def _hash(key, d):
+    h = np.int64(0)
+    for i in range(d):
+        h = h * np.int64(2654435761) + np.int64(key[i])
+    h ^= h >> 29
+    h *= np.int64(0x5851F42D4C957F2D)
+    h ^= h >> 32
+    return h
+
+
+@njit(parallel=True, cache=True)
+def _build_local(feats, scale, nblk, loc, bary, gk, hh, nloc):
+    """Embed every pixel and dedupe its vertices per task.
+
+    Writes per entry ``e = pixel * (d+1) + r``: ``loc[e]`` task-local vertex id
+    and ``bary[e]`` weight; per task-local vertex ``lid`` of task ``t``, its key
+    ``gk[ebase + lid]`` and hash ``hh[ebase + lid]`` (``ebase`` = first entry of
+    the task); ``nloc[t]`` = number of task-local vertices.
+    """
+    n_img, npix, d = feats.shape
+    dp1 = d + 1
+    ntask = n_img * nblk
+    blk = (npix + nblk - 1) // nblk
+    down = np.float32(1.0 / dp1)
+    upf = np.float32(dp1)
+    for t in prange(ntask):
+        n = t // nblk
+        p0 = (t % nblk) * blk
+        p1 = min(npix, p0 + blk)
+        ebase = (n * npix + p0) * dp1
+        elev = np.empty(dp1, np.float32)
+        r0 = np.empty(dp1, np.int32)
+        rk = np.empty(dp1, np.int32)
+        bc = np.empty(dp1 + 1, np.float32)
+        key = np.empty(d, np.int32)
+        prev_r0 = np.empty(d, np.int32)
+        prev_rk = np.empty(d, np.int32)
+        cap = _TABLE0
+        table = np.full(cap, -1, np.int32)
+        cnt = 0
+        for p in range(p0, p1):
+            # elevate onto the hyperplane sum(x) = 0 in R^(d+1)
+            sm = np.float32(0.0)
+            for j in range(d, 0, -1):
+                cf = feats[n, p, j - 1] * scale[j - 1]
+                elev[j] = sm - np.float32(j) * cf
+                sm += cf
+            elev[0] = sm
+            # nearest remainder-0 point
+            s = 0
+            for i in range(dp1):
+                v = down * elev[i]
+                upv = np.float32(np.ceil(v)) * upf
+                dnv = np.float32(np.floor(v)) * upf
+                if upv - elev[i] < elev[i] - dnv:
+                    q = np.int32(np.ceil(v))
+                else:
+                    q = np.int32(np.floor(v))
+                r0[i] = q * dp1
+                s += q
+                rk[i] = 0
+            # rank of each coordinate's differential
+            for i in range(d):
+                di = elev[i] - np.float32(r0[i])
+                for j in range(i + 1, dp1):
+                    if di < elev[j] - np.float32(r0[j]):
+                        rk[i] += 1
+                    else:
+                        rk[j] += 1
+            # back onto the plane
+            for i in range(dp1):
+                rk[i] += s
+                if rk[i] < 0:
+                    rk[i] += dp1
+                    r0[i] += dp1
+                elif rk[i] > d:
+                    rk[i] -= dp1
+                    r0[i] -= dp1
+            # barycentric coordinates
+            for i in range(dp1 + 1):
+                bc[i] = 0.0
+            for i in range(dp1):
+                v = (elev[i] - np.float32(r0[i])) * down
+                bc[d - rk[i]] += v
+                bc[d - rk[i] + 1] -= v
+            bc[0] = np.float32(np.float64(bc[0]) + (1.0 + np.float64(bc[dp1])))
+            # the d+1 vertices of the enclosing simplex; neighbouring pixels
+            # often share it, and then its vertex ids are reused unhashed
+            e0 = (n * npix + p) * dp1
+            same_simplex = p > p0
+            if same_simplex:
+                for i in range(d):
+                    if r0[i] != prev_r0[i] or rk[i] != prev_rk[i]:
+                        same_simplex = False
+                        break
+            if same_simplex:
+                for r in range(dp1):
+                    loc[e0 + r] = loc[e0 - dp1 + r]
+                    bary[e0 + r] = bc[r]
+                continue
+            for i in range(d):
+                prev_r0[i] = r0[i]
+                prev_rk[i] = rk[i]
+            for r in range(dp1):
+                for i in range(d):
+                    c = r0[i] + r
+                    if rk[i] > d - r:
+                        c -= dp1
+                    key[i] = c
+                h = _hash(key, d)
+                mask = cap - 1
+                slot = h & mask
+                while True:
+                    lid = table[slot]
+                    if lid < 0:
+                        lid = cnt
+                        table[slot] = lid
+                        for i in range(d):
+                            gk[ebase + lid, i] = key[i]
+                        hh[ebase + lid] = h
+                        cnt += 1
+                        break
+                    same = True
+                    for i in range(d):
+                        if gk[ebase + lid, i] != key[i]:
+                            same = False
+                            break
+                    if same:
+                        break
+                    slot = (slot + 1) & mask
+                loc[e0 + r] = lid
+                bary[e0 + r] = bc[r]
+                if 2 * cnt > cap:  # grow: rehash the stored hashes
+                    cap *= 2
+                    mask = cap - 1
+                    table = np.full(cap, -1, np.int32)
+                    for q in range(cnt):
+                        slot = hh[ebase + q] & mask
+                        while table[slot] >= 0:
+                            slot = (slot + 1) & mask
+                        table[slot] = q
+        nloc[t] = cnt
+
+
+@njit(cache=True)
+def _find(table, toff, cap, gk, gsrc, gbase, key, h, d):
+    """Global id of ``key`` in one image's table, or -1."""
+    mask = cap - 1
+    slot = h & mask
+    while True:
+        gid = table[toff + slot]
+        if gid < 0:
+            return -1
+        src = gsrc[gbase + gid]
+        same = True
+        for i in range(d):
+            if gk[src, i] != key[i]:
+                same = False
+                break
+        if same:
+            return gid
+        slot = (slot + 1) & mask
+
+
+@njit(parallel=True, cache=True)
+def _build_merge(npix, dp1, nblk, gk, hh, nloc, loff, table, toff, tcap, lmap, gsrc, vcount):
+    """Merge task-local vertices into one table per image (parallel over images).
+
+    ``lmap[slot]`` = image-local global id of task-local slot ``loff[t] + lid``;
+    ``gsrc[loff[n*nblk] + gid]`` = row of ``gk`` holding that vertex's key.
+    """
+    d = dp1 - 1
+    n_img = vcount.shape[0]
+    blk = (npix + nblk - 1) // nblk
+    for n in prange(n_img):
+        base = toff[n]
+        cap = tcap[n]
+        mask = cap - 1
+        for i in range(cap):
+            table[base + i] = -1
+        gbase = loff[n * nblk]
+        cnt = 0
+        for b in range(nblk):
+            t = n * nblk + b
+            ebase = (n * npix + b * blk) * dp1
+            for lid in range(nloc[t]):
+                src = ebase + lid
+                h = hh[src]
+                slot = h & mask
+                while True:
+                    gid = table[base + slot]
+                    if gid < 0:
+                        gid = cnt
+                        table[base + slot] = gid
+                        gsrc[gbase + gid] = src
+                        cnt += 1
+                        break
+                    other = gsrc[gbase + gid]
+                    same = True
+                    for i in range(d):
+                        if gk[other, i] != gk[src, i]:
+                            same = False
+                            break
+                    if same:
+                        break
+                    slot = (slot + 1) & mask
+                lmap[loff[t] + lid] = gid
+        vcount[n] = cnt
+
+
+@njit(parallel=True, cache=True)
+def _build_offsets(npix, dp1, nblk, loc, loff, lmap, voff, off):
+    """Per entry: ``loc`` becomes the global slot ``loff[t] + lid``; ``off`` the global vertex."""
+    ntask = loff.shape[0] - 1
+    blk = (npix + nblk - 1) // nblk
+    for t in prange(ntask):
+        n = t // nblk
+        p0 = (t % nblk) * blk
+        p1 = min(npix, p0 + blk)
+        lo = loff[t]
+        vo = voff[n]
+        for e in range((n * npix + p0) * dp1, (n * npix + p1) * dp1):
+            s = lo + loc[e]
+            loc[e] = s
+            off[e] = vo + lmap[s]
+
+
+@njit(parallel=True, cache=True)
+def _build_csr(nblk, nloc, loff, lmap, voff, ptr, idx):
+    """Vertex -> contributing slots, in task order (for the deterministic splat reduction)."""
+    n_img = voff.shape[0] - 1
+    for n in prange(n_img):
+        v0 = voff[n]
+        nv = voff[n + 1] - v0
+        start = np.zeros(nv + 1, np.int64)
+        for b in range(nblk):
+            t = n * nblk + b
+            for lid in range(nloc[t]):
+                start[lmap[loff[t] + lid] + 1] += 1
+        start[0] = loff[n * nblk]
+        for g in range(nv):
+            start[g + 1] += start[g]
+            ptr[v0 + g + 1] = start[g + 1]
+        for b in range(nblk):
+            t = n * nblk + b
+            for lid in range(nloc[t]):
+                s = loff[t] + lid
+                g = lmap[s]
+                idx[start[g]] = s
+                start[g] += 1
+
+
+@njit(parallel=True, cache=True)
+def _build_neighbours(dp1, voff, gk, hh, gsrc, loff, nblk, table, toff, tcap, nbr):
+    """``nbr[j, v] = (n1, n2)``: blur neighbours along direction j; missing -> V (a zero row)."""
+    d = dp1 - 1
+    n_img = voff.shape[0] - 1
+    nvert = voff[n_img]
+    nchunk = (nvert + _CHUNK - 1) // _CHUNK
+    for c in prange(nchunk):
+        k1 = np.empty(d, np.int32)
+        k2 = np.empty(d, np.int32)
+        n = 0
+        for v in range(c * _CHUNK, min(nvert, (c + 1) * _CHUNK)):
+            while voff[n + 1] <= v:
+                n += 1
+            gbase = loff[n * nblk]
+            src = gsrc[gbase + v - voff[n]]
+            for j in range(dp1):
+                for i in range(d):
+                    k1[i] = gk[src, i] - 1
+                    k2[i] = gk[src, i] + 1
+                if j < d:
+                    k1[j] = gk[src, j] + d
+                    k2[j] = gk[src, j] - d
+                g1 = _find(table, toff[n], tcap[n], gk, gsrc, gbase, k1, _hash(k1, d), d)
+                g2 = _find(table, toff[n], tcap[n], gk, gsrc, gbase, k2, _hash(k2, d), d)
+                nbr[j, v, 0] = nvert if g1 < 0 else voff[n] + g1
+                nbr[j, v, 1] = nvert if g2 < 0 else voff[n] + g2
+
+
+@njit(parallel=True, cache=True)
+def _splat(vals, dp1, nblk, loc, bary, loff, buf):
+    """Scatter each pixel's C values into its task's rows of ``buf`` (zeroed here)."""
+    _, nch, npix = vals.shape
+    ntask = loff.shape[0] - 1
+    blk = (npix + nblk - 1) // nblk
+    for t in prange(ntask):
+        n = t // nblk
+        p0 = (t % nblk) * blk
+        p1 = min(npix, p0 + blk)
+        for s in range(loff[t], loff[t + 1]):
+            for k in range(nch):
+                buf[s, k] = 0.0
+        tmp = np.empty(nch, vals.dtype)
+        for p in range(p0, p1):
+            for k in range(nch):
+                tmp[k] = vals[n, k, p]
+            e0 = (n * npix + p) * dp1
+            for r in range(dp1):
+                s = loc[e0 + r]
+                w = bary[e0 + r]
+                for k in range(nch):
+                    buf[s, k] += w * tmp[k]
+
+
+@njit(parallel=True, cache=True)
+def _reduce(buf, ptr, idx, out):
+    """``out[v] = sum of buf[idx[ptr[v]:ptr[v+1]]]`` (fixed order); ``out[V] = 0``."""
+    nvert = ptr.shape[0] - 1
+    nch = buf.shape[1]
+    nchunk = (nvert + _CHUNK - 1) // _CHUNK
+    for c in prange(nchunk):
+        for v in range(c * _CHUNK, min(nvert, (c + 1) * _CHUNK)):
+            for k in range(nch):
+                out[v, k] = 0.0
+            for i in range(ptr[v], ptr[v + 1]):
+                s = idx[i]
+                for k in range(nch):
+                    out[v, k] += buf[s, k]
+    for k in range(nch):
+        out[nvert, k] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def _blur(a, b, nbr, half):
+    """d+1 passes ``new = old + half * (old[n1] + old[n2])``.
+
+    Returns 0 when the result is in ``a``, 1 when it is in ``b``.
+    """
+    dp1 = nbr.shape[0]
+    nvert = nbr.shape[1]
+    nch = a.shape[1]
+    nchunk = (nvert + _CHUNK - 1) // _CHUNK
+    for k in range(nch):
+        b[nvert, k] = 0.0
+    for j in range(dp1):
+        src = a if j % 2 == 0 else b
+        dst = b if j % 2 == 0 else a
+        for c in prange(nchunk):
+            for v in range(c * _CHUNK, min(nvert, (c + 1) * _CHUNK)):
+                n1 = nbr[j, v, 0]
+                n2 = nbr[j, v, 1]
+                for k in range(nch):
+                    dst[v, k] = src[v, k] + half * (src[n1, k] + src[n2, k])
+    return dp1 % 2
+
+
+@njit(parallel=True, cache=True)
+def _slice(lat, dp1, nblk, off, bary, alpha, out):
+    """``out[n, :, p] = sum_r (alpha * bary) * lat[vertex_r]``."""
+    n_img, nch, npix = out.shape
+    ntask = n_img * nblk
+    blk = (npix + nblk - 1) // nblk
+    for t in prange(ntask):
+        n = t // nblk
+        p0 = (t % nblk) * blk
+        p1 = min(npix, p0 + blk)
+        tmp = np.empty(nch, out.dtype)
+        for p in range(p0, p1):
+            for k in range(nch):
+                tmp[k] = 0.0
+            e0 = (n * npix + p) * dp1
+            for r in range(dp1):
+                v = off[e0 + r]
+                w = bary[e0 + r] * alpha
+                for k in range(nch):
+                    tmp[k] += w * lat[v, k]
+            for k in range(nch):
+                out[n, k, p] = tmp[k]
+
+
+class _Threads:
+    """Run numba kernels on one thread for small problems (restores the setting after)."""
+
+    def __init__(self, num_pixels: int) -> None:
+        self.serial = num_pixels < _SERIAL_PIXELS
+        self.before = 0
+
+    def __enter__(self) -> None:
+        if self.serial:
+            self.before = numba.get_num_threads()
+            numba.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.serial:
+            numba.set_num_threads(self.before)
+
+
+def _scales(d: int) -> np.ndarray:
+    inv_std = math.sqrt(2.0 / 3.0) * (d + 1)
+    return np.array([inv_std / math.sqrt((i + 1) * (i + 2)) for i in range(d)], np.float32)
+
+
+def _pow2_at_least(x: np.ndarray) -> np.ndarray:
+    out = np.ones_like(x)
+    while True:
+        small = out < x
+        if not small.any():
+            return out
+        out[small] *= 2
+
+
+class NumbaLattice:
+    """A lattice over a batch of ``N`` images of ``P`` pixels with ``d``-dim features.
+
+    Built by :func:`build`; :meth:`apply` filters ``(N, C, P)`` values.
+
+    Attributes:
+        num_vertices: lattice vertices over the whole batch (images never share one).
+    """
+
+    def __init__(self, features: Tensor) -> None:
+        with _Threads(features.shape[0] * features.shape[1]):
+            self._build(features.numpy())
+
+    def _build(self, f: np.ndarray) -> None:
+        n_img, npix, d = f.shape
+        dp1 = d + 1
+        scale = _scales(d)
+        fmax = float(np.abs(f).max()) if f.size else 0.0
+        if 2.0 * d * fmax * float(scale[0]) + 2 * dp1 >= _MAX_COORD:
+            raise ValueError(
+                f"features reach |f| = {fmax:.3g}: lattice coordinates would overflow int32; "
+                "use larger sigmas (features are pixel values divided by their bandwidth)"
+            )
+        nent = n_img * npix * dp1
+        if nent >= 2**31 - 1:
+            raise ValueError(
+                f"features of shape {tuple(f.shape)} are too large for one lattice "
+                f"({nent} pixel-vertex entries, at most 2**31 - 1): split the batch"
+            )
+        clock = [time.perf_counter()]
+        nblk = _blocks_per_image(n_img, npix)
+        ntask = n_img * nblk
+        loc = np.empty(nent, np.int32)
+        bary = np.empty(nent, np.float32)
+        # worst-case sized, but only the rows of real task-local vertices are
+        # ever written (untouched pages of a large np.empty cost no memory)
+        gk = np.empty((nent, d), np.int32)
+        hh = np.empty(nent, np.int64)
+        nloc = np.zeros(ntask, np.int32)
+        _build_local(f, scale, nblk, loc, bary, gk, hh, nloc)
+        clock.append(time.perf_counter())
+
+        loff = np.zeros(ntask + 1, np.int64)
+        np.cumsum(nloc, out=loff[1:])
+        nslot = int(loff[-1])
+        per_img = loff[nblk::nblk] - loff[:-1:nblk]
+        tcap = _pow2_at_least(np.maximum(2 * per_img, 16))
+        toff = np.zeros(n_img + 1, np.int64)
+        np.cumsum(tcap, out=toff[1:])
+        table = np.empty(int(toff[-1]), np.int32)
+        lmap = np.empty(nslot, np.int32)
+        gsrc = np.empty(nslot, np.int64)
+        vcount = np.zeros(n_img, np.int64)
+        _build_merge(npix, dp1, nblk, gk, hh, nloc, loff, table, toff, tcap, lmap, gsrc, vcount)
+        clock.append(time.perf_counter())
+
+        voff = np.zeros(n_img + 1, np.int64)
+        np.cumsum(vcount, out=voff[1:])
+        nvert = int(voff[-1])
+        self.direct = nblk == 1
+        if self.direct:
+            # one task per image: task-local ids are the image's vertex ids, in order
+            off = loc
+            _build_offsets(npix, dp1, nblk, loc, loff, lmap, voff, loc)
+        else:
+            off = np.empty(nent, np.int32)
+            _build_offsets(npix, dp1, nblk, loc, loff, lmap, voff, off)
+        clock.append(time.perf_counter())
+
+        nbr = np.empty((dp1, nvert, 2), np.int32)
+        _build_neighbours(dp1, voff, gk, hh, gsrc, loff, nblk, table, toff, tcap, nbr)
+        del gk, hh, table, gsrc
+        clock.append(time.perf_counter())
+
+        if not self.direct:
+            self.ptr = np.zeros(nvert + 1, np.int64)
+            self.idx = np.empty(nslot, np.int32)
+            _build_csr(nblk, nloc, loff, lmap, voff, self.ptr, self.idx)
+        clock.append(time.perf_counter())
+        #: Wall seconds of the build phases (profiling aid).
+        self.build_seconds = dict(
+            zip(("local", "merge", "offsets", "neighbours", "csr"), np.diff(clock).tolist())
+        )
+        alpha = np.float32(1.0 / (1.0 + 2.0**-d))
+        self.batch, self.num_pixels, self.dim = n_img, npix, d
+        self.num_vertices = nvert
+        self.num_slots = nslot
+        self.nblk = nblk
+        self.loff = loff
+        self.loc = loc
+        self.off = off
+        self.bary = bary
+        self.alpha = alpha
+        self.nbr = nbr
+
+    def __repr__(self) -> str:
+        return (
+            f"NumbaLattice(batch={self.batch}, pixels={self.num_pixels}, dim={self.dim}, "
+            f"vertices={self.num_vertices})"
+        )
+
+    def apply(self, values: Tensor) -> Tensor:
+        """Filter ``values``.
+
+        Args:
+            values: ``(N, C, P)`` float32 or float64 contiguous CPU tensor.
+
+        Returns:
+            ``(N, C, P)`` tensor of the same dtype: float32 values are computed in
+            float32, float64 values in float64.
+        """
+        if not isinstance(values, Tensor):
+            raise TypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
+        want = (self.batch, "C", self.num_pixels)
+        if values.dim() != 3 or values.shape[0] != self.batch or values.shape[2] != self.num_pixels:
+            raise ValueError(f"values must have shape {want}, got {tuple(values.shape)}")
+        if values.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"values must be float32 or float64, got {values.dtype}")
+        if values.device.type != "cpu":
+            raise ValueError(
+                f"values must be on the CPU for the numba backend, got {values.device}"
+            )
+        if values.shape[1] == 0:
+            raise ValueError(f"values must have at least one channel, got {tuple(values.shape)}")
+        vals = values.detach().contiguous().numpy()
+        with _Threads(self.batch * self.num_pixels):
+            return self._apply(vals, values)
+
+    def _apply(self, vals: np.ndarray, values: Tensor) -> Tensor:
+        dt = vals.dtype
+        nch = vals.shape[1]
+        dp1 = self.dim + 1
+        nvert = self.num_vertices
+        lat_a = np.empty((nvert + 1, nch), dt)
+        if self.direct:
+            _splat(vals, dp1, self.nblk, self.loc, self.bary, self.loff, lat_a)
+            lat_a[nvert] = 0.0
+        else:
+            buf = np.empty((self.num_slots, nch), dt)
+            _splat(vals, dp1, self.nblk, self.loc, self.bary, self.loff, buf)
+            _reduce(buf, self.ptr, self.idx, lat_a)
+            del buf
+        lat_b = np.empty_like(lat_a)
+        which = _blur(lat_a, lat_b, self.nbr, dt.type(0.5))
+        lat = lat_b if which == 1 else lat_a
+        out = torch.empty(tuple(values.shape), dtype=values.dtype)
+        _slice(lat, dp1, self.nblk, self.off, self.bary, self.alpha, out.numpy())
+        return out
+
+
+def build(features: Tensor) -> NumbaLattice:
+    """Build the lattice for a batch of per-pixel features.
+
+    Args:
+        features: ``(N, P, d)`` float32 contiguous CPU tensor: each pixel's
+            feature vector, already divided by its bandwidths.
+
+    Returns:
+        A :class:`NumbaLattice` whose ``apply`` filters ``(N, C, P)`` values.
+    """
+    if not isinstance(features, Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if features.dim() != 3 or min(features.shape) == 0:
+        raise ValueError(
+            f"features must be a non-empty (N, P, d) tensor, got {tuple(features.shape)}"
+        )
+    if features.dtype != torch.float32:
+        raise ValueError(f"features must be float32, got {features.dtype}")
+    if features.device.type != "cpu":
+        raise ValueError(
+            f"features must be on the CPU for the numba backend, got {features.device}"
+        )
+    return NumbaLattice(features.detach().contiguous())

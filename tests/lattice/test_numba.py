@@ -1,0 +1,183 @@
+"""Numba-backend specifics: reference parity, determinism, thread independence, float64.
+
+The cross-backend battery (exactness, edge cases, autograd) lives in the other
+files of this folder; these tests call the backend module directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+numba = pytest.importorskip("numba")
+
+from rloss.lattice import _numba, bilateral_features  # noqa: E402
+
+#: Tolerance A of ../shared/reference/README.md: max|out - AS| <= TOL_A * max|AS|.
+TOL_A = 1e-4
+#: Golden cases: (key prefix, sigma_rgb, sigma_xy); None = read sigmas from the file.
+GOLDEN_CASES = ["case1", "case2", "case3", "case4_scaled"]
+
+
+def _flat_features(image: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
+    feats = bilateral_features(image, sigma_rgb, sigma_xy)
+    n, d = feats.shape[:2]
+    return feats.reshape(n, d, -1).transpose(1, 2).contiguous()
+
+
+def _golden_inputs(golden: dict, case: str):
+    if case == "case4_scaled":
+        image = golden["case4_scaled_image"]
+        values = golden["case4_scaled_seg"] * golden["case4_scaled_roi"][:, None]
+        sigma_rgb = float(golden["case4_sigma_rgb"])
+        sigma_xy = float(golden["case4_sigma_xy"]) * float(golden["case4_scale_factor"])
+        expected = golden["case4_scaled_AS"]
+    else:
+        image = golden[f"{case}_image"]
+        values = golden[f"{case}_S"]
+        sigma_rgb = float(golden[f"{case}_sigma_rgb"])
+        sigma_xy = float(golden[f"{case}_sigma_xy"])
+        expected = golden[f"{case}_AS"]
+    return torch.from_numpy(image), torch.from_numpy(values), sigma_rgb, sigma_xy, expected
+
+
+def _random_problem(n: int, k: int, h: int, w: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    # smooth-ish image plus noise: realistic vertex counts, several blocks per image
+    base = torch.rand(n, 3, h // 8 + 1, w // 8 + 1, generator=g) * 255
+    image = torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear")
+    image = (image + 8 * torch.randn(n, 3, h, w, generator=g)).clamp(0, 255)
+    values = torch.rand(n, k, h * w, generator=g).softmax(1).contiguous()
+    return _flat_features(image, 15.0, 20.0), values
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_golden_parity(golden, case):
+    image, values, sigma_rgb, sigma_xy, expected = _golden_inputs(golden, case)
+    n, k, h, w = values.shape
+    lat = _numba.build(_flat_features(image, sigma_rgb, sigma_xy))
+    out = lat.apply(values.reshape(n, k, h * w).contiguous()).reshape(n, k, h, w)
+    assert out.dtype == torch.float32
+    err = np.abs(out.numpy() - expected).max()
+    assert err <= TOL_A * np.abs(expected).max(), f"{case}: max error {err}"
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_golden_parity_float64(golden, case):
+    image, values, sigma_rgb, sigma_xy, expected = _golden_inputs(golden, case)
+    n, k, h, w = values.shape
+    lat = _numba.build(_flat_features(image, sigma_rgb, sigma_xy))
+    out = lat.apply(values.reshape(n, k, h * w).double().contiguous())
+    assert out.dtype == torch.float64
+    err = np.abs(out.reshape(n, k, h, w).numpy() - expected).max()
+    assert err <= TOL_A * np.abs(expected).max(), f"{case}: max error {err}"
+
+
+@pytest.mark.parametrize(("n", "h", "w"), [(1, 96, 128), (3, 64, 80), (9, 32, 40)])
+def test_deterministic(monkeypatch, n, h, w):
+    monkeypatch.setattr(_numba, "_SERIAL_PIXELS", 0)
+    feats, values = _random_problem(n, 5, h, w)
+    first = _numba.build(feats).apply(values)
+    second = _numba.build(feats).apply(values)
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize(("n", "h", "w"), [(1, 96, 128), (2, 80, 100)])
+def test_thread_count_independent(monkeypatch, n, h, w):
+    monkeypatch.setattr(_numba, "_SERIAL_PIXELS", 0)  # really use the threads
+    feats, values = _random_problem(n, 4, h, w, seed=1)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _numba.build(feats).apply(values)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = _numba.build(feats).apply(values)
+    finally:
+        numba.set_num_threads(before)
+    # the task partition depends on the shapes only, so the sums are bitwise equal
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+
+
+def test_multi_block_matches_single_block():
+    # N=1 splits the image into blocks with per-block vertex tables; stacking
+    # the same image 8 times gives one block per image: same numbers either way
+    feats, values = _random_problem(1, 3, 96, 128, seed=2)
+    assert _numba._blocks_per_image(1, 96 * 128) > 1
+    single = _numba.build(feats).apply(values)
+    batch = _numba.build(feats.expand(8, -1, -1).contiguous())
+    assert batch.nblk == 1
+    stacked = batch.apply(values.expand(8, -1, -1).contiguous())
+    for i in range(8):
+        torch.testing.assert_close(stacked[i], single[0], rtol=1e-5, atol=1e-6)
+
+
+def test_images_never_share_vertices():
+    feats, values = _random_problem(2, 2, 24, 32, seed=3)
+    both = _numba.build(feats).apply(values)
+    for i in range(2):
+        alone = _numba.build(feats[i : i + 1].contiguous()).apply(values[i : i + 1].contiguous())
+        torch.testing.assert_close(both[i : i + 1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_float64_close_to_float32():
+    feats, values = _random_problem(2, 3, 40, 48, seed=4)
+    lat = _numba.build(feats)
+    out32 = lat.apply(values)
+    out64 = lat.apply(values.double())
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64.float(), out32, rtol=1e-5, atol=1e-5)
+
+
+def test_small_problems_restore_thread_count():
+    before = numba.get_num_threads()
+    feats, values = _random_problem(1, 2, 16, 16, seed=7)
+    _numba.build(feats).apply(values)
+    assert numba.get_num_threads() == before
+
+
+def test_output_is_new_tensor_and_input_untouched():
+    feats, values = _random_problem(1, 2, 16, 16, seed=5)
+    keep = values.clone()
+    out = _numba.build(feats).apply(values)
+    assert out.data_ptr() != values.data_ptr()
+    assert torch.equal(values, keep)
+
+
+def test_any_feature_dimension():
+    g = torch.Generator().manual_seed(6)
+    for d in (1, 2, 3, 8):
+        feats = (torch.rand(2, 300, d, generator=g) * 4).contiguous()
+        values = torch.rand(2, 3, 300, generator=g)
+        out = _numba.build(feats).apply(values)
+        assert out.shape == values.shape and bool(torch.isfinite(out).all())
+        assert float(out.min()) >= 0.0
+
+
+@pytest.mark.parametrize(
+    ("features", "match"),
+    [
+        (torch.zeros(0, 4, 5), "non-empty"),
+        (torch.zeros(2, 4), r"\(N, P, d\)"),
+        (torch.zeros(1, 4, 5, dtype=torch.float64), "float32"),
+        (torch.full((1, 4, 5), 1e12), "overflow"),
+    ],
+)
+def test_build_rejects_bad_features(features, match):
+    with pytest.raises(ValueError, match=match):
+        _numba.build(features)
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        (torch.zeros(1, 2, 7), "shape"),
+        (torch.zeros(2, 2, 8), "shape"),
+        (torch.zeros(1, 2, 8, dtype=torch.float16), "float32 or float64"),
+        (torch.zeros(1, 0, 8), "at least one channel"),
+    ],
+)
+def test_apply_rejects_bad_values(values, match):
+    lat = _numba.build(torch.rand(1, 8, 5))
+    with pytest.raises(ValueError, match=match):
+        lat.apply(values)
