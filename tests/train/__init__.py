@@ -1,0 +1,1 @@
+"""Tests of rloss.train (training, evaluation, prediction)."""
