@@ -7,6 +7,10 @@ One command runs everything (``make bench``)::
     .venv/bin/python benchmarks/run.py --suites filter crf --backends numba
     .venv/bin/python benchmarks/run.py --record        # also prepend to RESULTS.md
 
+Where the time goes (CPU-time profile of the numba build phases, filter stages
+and the torch operators of the loss; ``--jit`` adds first-call times with a cold
+and a warm numba cache): ``.venv/bin/python benchmarks/profile_numba.py``.
+
 Suites:
 
 * ``filter``: lattice build + one filter of K channels, (N, K, H, W) from issue 2,
@@ -22,11 +26,14 @@ Method. Every (case, backend) runs in a fresh child process so that one
 measurement's allocations and caches do not leak into the next. The child builds
 its inputs, runs the workload once (warm-up: numba kernels load from cache, torch
 allocator warms up), then times ``--repeats`` runs (wall clock,
-``time.perf_counter``) and reports median/min/max. Peak extra memory is the
-resident-set high-water mark during the timed runs minus the resident set before
-them: the child resets the kernel's high-water mark (``/proc/self/clear_refs``,
-Linux) and reads ``VmHWM``; where that is unavailable it reports ``ru_maxrss``
-growth, which misses memory reused from the warm-up. tracemalloc is not used: it
+``time.perf_counter``) and reports median/min/max, plus the median CPU time of
+the timed runs (``time.process_time``, all threads; on a shared machine it is
+steadier than wall time, which also counts waiting for a core). Peak extra
+memory is the resident-set high-water mark during the timed runs minus the
+resident set before them: the child resets the kernel's high-water mark
+(``/proc/self/clear_refs``, Linux) and reads ``VmHWM``; where that is
+unavailable it reports ``ru_maxrss`` growth, which misses memory reused from
+the warm-up. tracemalloc is not used: it
 does not see torch's or numba's allocations. Inputs are synthetic piecewise-smooth
 colour images (seeded), so runs are comparable across machines.
 """
@@ -207,11 +214,13 @@ def child_main(spec: dict) -> dict:
     base = _rss_kib("VmRSS")
     exact_peak = _reset_peak() and base is not None
     maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
+    times, cpu = [], []
     for _ in range(spec["repeats"]):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         out = run()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         del out
     if exact_peak:
         peak_kib = (_rss_kib("VmHWM") or 0) - base
@@ -221,6 +230,7 @@ def child_main(spec: dict) -> dict:
         method = "maxrss"
     return {
         "times_ms": [1e3 * t for t in times],
+        "cpu_ms": [1e3 * t for t in cpu],
         "first_ms": 1e3 * first,
         "peak_mib": max(peak_kib, 0) / 1024.0,
         "mem_method": method,
@@ -263,18 +273,21 @@ def _table(rows: list[tuple[dict, dict]]) -> str:
             key = _fmt_case(spec)
             best[key] = min(best.get(key, float("inf")), med)
     lines = [
-        "| case | backend | median ms | min ms | max ms | peak extra MiB | x fastest |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| case | backend | median ms | min ms | max ms | CPU ms | peak extra MiB | x fastest |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for spec, res in rows:
         key = _fmt_case(spec)
         if "times_ms" not in res:
-            lines.append(f"| {key} | {spec['backend']} | – | – | – | – | {res.get('error', '?')} |")
+            lines.append(
+                f"| {key} | {spec['backend']} | – | – | – | – | – | {res.get('error', '?')} |"
+            )
             continue
         t = res["times_ms"]
         med = statistics.median(t)
+        cpu = f"{statistics.median(res['cpu_ms']):.1f}" if res.get("cpu_ms") else "–"
         lines.append(
-            f"| {key} | {spec['backend']} | {med:.1f} | {min(t):.1f} | {max(t):.1f} | "
+            f"| {key} | {spec['backend']} | {med:.1f} | {min(t):.1f} | {max(t):.1f} | {cpu} | "
             f"{res['peak_mib']:.0f} | {med / best[key]:.2f} |"
         )
     return "\n".join(lines)
@@ -465,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"## {date}\n\n- machine: {_machine()}\n- command: `{cmd.strip()}`\n- commit: {_commit()}\n"
         f"- torch threads: {args.threads or 'default'}; "
-        f"memory method: {', '.join(sorted(mem)) or '-'}\n"
+        f"memory method: {', '.join(sorted(mem)) or '-'}; "
+        f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset')}\n"
     )
     entry = header + "\n" + report + "\n"
     _write_atomic(args.out / "latest.md", entry)

@@ -181,3 +181,33 @@ def test_apply_rejects_bad_values(values, match):
     lat = _numba.build(torch.rand(1, 8, 5))
     with pytest.raises(ValueError, match=match):
         lat.apply(values)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5, 9])
+def test_barycentric_weights_match_torch_backend(d):
+    # the numba build computes the weights coordinate-major and branch-free; the
+    # torch backend scatters them like the reference: same numbers (the last
+    # rounding of weight 0 is done in float64 by numba, in float32 by torch)
+    from rloss.lattice import _torch
+
+    g = torch.Generator().manual_seed(10 + d)
+    feats = (torch.rand(2, 500, d, generator=g) * 6).contiguous()
+    feats[0, :50] = feats[0, 50:100]  # repeated points: simplex reuse
+    lat = _numba.build(feats)
+    _, _, bary = _torch._simplex(_torch._elevate(feats.reshape(-1, d)))
+    ours = torch.from_numpy(lat.bary).view(-1, d + 1)
+    torch.testing.assert_close(ours[:, 1:], bary[:, 1:], rtol=0, atol=0)
+    torch.testing.assert_close(ours[:, 0], bary[:, 0], rtol=0, atol=1e-6)
+    assert float(ours.min()) >= -1e-6
+    torch.testing.assert_close(ours.sum(1), torch.ones(len(ours)), rtol=0, atol=1e-5)
+
+
+def test_pixel_vertices_are_distinct_and_in_range():
+    feats, _ = _random_problem(2, 1, 40, 48, seed=11)
+    lat = _numba.build(feats)
+    off = torch.from_numpy(lat.off.astype(np.int64)).view(2 * 40 * 48, -1)
+    assert int(off.min()) >= 0 and int(off.max()) < lat.num_vertices
+    assert bool((off.sort(1).values.diff(1) > 0).all())  # d+1 different vertices per pixel
+    # images never share a vertex
+    first, second = off[: 40 * 48].unique(), off[40 * 48 :].unique()
+    assert int(first.max()) < int(second.min())

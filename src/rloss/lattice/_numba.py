@@ -14,21 +14,29 @@ or channels in Python):
   contiguous pixel blocks per image, ``B`` a function of ``(N, P)`` only
   (one block per image when the batch alone keeps the threads busy). The
   numerical result therefore never depends on the number of threads.
-* **Build.** In parallel over tasks, every pixel is elevated, rounded, ranked
-  and given barycentric weights; its d+1 enclosing vertices go into a
-  task-local open-addressing hash table with full key comparison (the d
-  integer coordinates; the image is implicit because tables never span
-  images). Then, in parallel over images, the task-local vertices are merged
-  into one table per image, giving global vertex ids (contiguous per image).
-  Blur neighbours are looked up once, in parallel over vertices, and stored.
-  Per pixel the build keeps only the d+1 (slot, global vertex, weight)
-  triples that splat and slice reuse.
+* **Build.** In parallel over tasks, pixels are elevated, rounded, ranked and
+  given barycentric weights in blocks of ``_EMBED`` pixels laid out
+  coordinate-major, with branch-free arithmetic so that the loops over pixels
+  vectorise (the float32 operations are those of the reference, in the same
+  order). Each distinct simplex (remainder-0 point + ranks) is hashed once per
+  task; only a simplex not seen before in the task hashes its d+1 vertices
+  into the task-local open-addressing table. Table slots hold the id and the
+  hash's high bits, so a probe reads one cache line; a candidate is accepted
+  only after a full key comparison (the d integer coordinates; the image is
+  implicit because tables never span images). Then, in parallel over images,
+  the task-local vertices are merged into one table per image, giving global
+  vertex ids (contiguous per image). Blur neighbours are looked up once, in
+  parallel over vertices, and stored. Per pixel the build keeps only the d+1
+  (slot, global vertex, weight) triples that splat and slice reuse (int32 ids,
+  float32 weights).
 * **Filter** ``(N, C, P)``: values live as ``(vertices, C)`` rows, class index
   innermost, all C channels in one pass. Splat scatters each pixel into its
-  task's private rows (race-free, sequential reads of the input); with
-  ``B > 1`` the private rows are summed per vertex through a precomputed
-  vertex -> slots list in a fixed order (deterministic). Blur and slice are
-  parallel over vertices and pixels.
+  task's private rows (race-free); with ``B > 1`` the private rows are summed
+  per vertex through a precomputed vertex -> slots list in a fixed order
+  (deterministic). Splat and slice move pixels in tiles of ``_TILE``, turning
+  the ``(C, tile)`` block of the ``(N, C, P)`` tensor into ``(tile, C)`` rows in
+  cache, so both the tensor and the lattice rows are read and written
+  contiguously. Blur and slice are parallel over vertices and pixels.
 
 Kernels are compiled with ``cache=True``: the first call in a new process
 loads them from numba's on-disk cache instead of compiling.
@@ -53,12 +61,18 @@ _MIN_BLOCK = 4096
 _MIN_TASKS = 8
 #: Rows processed per parallel chunk in vertex loops (amortises scratch allocation).
 _CHUNK = 2048
+#: Pixels embedded together, coordinate-major, so that the inner loops vectorise.
+_EMBED = 64
+#: Pixels per tile in splat and slice (transposes (C, tile) <-> (tile, C) in cache).
+_TILE = 16
 #: Initial capacity of a task-local hash table (a power of two; it grows by doubling).
 _TABLE0 = 4096
 #: Batches with fewer pixels run on one thread: below this, the cost of waking
 #: and synchronising threads (several ms per parallel region on a busy machine)
 #: exceeds the work. The results do not depend on the thread count.
 _SERIAL_PIXELS = 32768
+#: Low 32 bits of a hash table entry: the id (see ``_tag``).
+_ID_MASK = np.int64(0xFFFFFFFF)
 #: Largest |elevated coordinate| accepted: keys and their neighbours must fit int32.
 _MAX_COORD = 2.0**30
 
@@ -82,14 +96,41 @@ def _hash(key, d):
     return h
 
 
+@njit(cache=True)
+def _tag(h):
+    """Hash table slot entry = ``_tag(hash) | id``: the hash's high bits, checked before
+    the full key (one cache line per probe); -1 = empty (tags are non-negative)."""
+    return ((h >> 33) & np.int64(0x7FFFFFFF)) << 32
+
+
+@njit(cache=True)
+def _hash2(a, b, d):
+    """Hash of the simplex key (``a[:d]`` remainder-0 point, ``b[:d]`` ranks)."""
+    h = np.int64(0)
+    for i in range(d):
+        h = h * np.int64(2654435761) + np.int64(a[i])
+        h = h * np.int64(40503) + np.int64(b[i])
+    h ^= h >> 29
+    h *= np.int64(0x5851F42D4C957F2D)
+    h ^= h >> 32
+    return h
+
+
 @njit(parallel=True, cache=True)
-def _build_local(feats, scale, nblk, loc, bary, gk, hh, nloc):
+def _build_local(feats, scale, nblk, loc, bary, gk, hh, nloc, sk):
     """Embed every pixel and dedupe its vertices per task.
 
     Writes per entry ``e = pixel * (d+1) + r``: ``loc[e]`` task-local vertex id
     and ``bary[e]`` weight; per task-local vertex ``lid`` of task ``t``, its key
     ``gk[ebase + lid]`` and hash ``hh[ebase + lid]`` (``ebase`` = first entry of
     the task); ``nloc[t]`` = number of task-local vertices.
+
+    Pixels are embedded in blocks of ``_EMBED`` with the per-coordinate work laid
+    out ``(coordinate, pixel)`` so the inner loops run over pixels (vectorisable).
+    Each distinct simplex (remainder-0 point and ranks) is hashed once per task
+    (``sk`` holds the simplex keys, indexed from the task's first pixel); only a
+    new simplex hashes its d+1 vertices. Keys are compared in full: no collision
+    goes unnoticed.
     """
     n_img, npix, d = feats.shape
     dp1 = d + 1
@@ -97,122 +138,204 @@ def _build_local(feats, scale, nblk, loc, bary, gk, hh, nloc):
     blk = (npix + nblk - 1) // nblk
     down = np.float32(1.0 / dp1)
     upf = np.float32(dp1)
+    nb_max = _EMBED
     for t in prange(ntask):
         n = t // nblk
         p0 = (t % nblk) * blk
         p1 = min(npix, p0 + blk)
         ebase = (n * npix + p0) * dp1
-        elev = np.empty(dp1, np.float32)
-        r0 = np.empty(dp1, np.int32)
-        rk = np.empty(dp1, np.int32)
-        bc = np.empty(dp1 + 1, np.float32)
+        sbase = n * npix + p0
+        el = np.empty((dp1, nb_max), np.float32)
+        r0 = np.empty((dp1, nb_max), np.int32)
+        rk = np.empty((dp1, nb_max), np.int32)
+        sm = np.empty(nb_max, np.float32)
+        ssum = np.empty(nb_max, np.int32)
+        vr = np.empty((dp1, nb_max), np.float32)
+        ka = np.empty(d, np.int32)
+        kb = np.empty(d, np.int32)
         key = np.empty(d, np.int32)
-        prev_r0 = np.empty(d, np.int32)
-        prev_rk = np.empty(d, np.int32)
+        prev_a = np.empty(d, np.int32)
+        prev_b = np.empty(d, np.int32)
+        nk = np.empty((dp1, d), np.int32)
+        have_prev = False
+        prev_e = 0
         cap = _TABLE0
-        table = np.full(cap, -1, np.int32)
+        table = np.full(cap, -1, np.int64)
         cnt = 0
-        for p in range(p0, p1):
+        scap = _TABLE0
+        stable = np.full(scap, -1, np.int64)
+        shh = np.empty(p1 - p0, np.int64)
+        sfirst = np.empty(p1 - p0, np.int64)
+        scnt = 0
+        for q0 in range(p0, p1, nb_max):
+            nb = min(nb_max, p1 - q0)
             # elevate onto the hyperplane sum(x) = 0 in R^(d+1)
-            sm = np.float32(0.0)
+            for b in range(nb):
+                sm[b] = 0.0
+                ssum[b] = 0
             for j in range(d, 0, -1):
-                cf = feats[n, p, j - 1] * scale[j - 1]
-                elev[j] = sm - np.float32(j) * cf
-                sm += cf
-            elev[0] = sm
-            # nearest remainder-0 point
-            s = 0
+                sc = scale[j - 1]
+                fj = np.float32(j)
+                for b in range(nb):
+                    cf = feats[n, q0 + b, j - 1] * sc
+                    el[j, b] = sm[b] - fj * cf
+                    sm[b] += cf
+            for b in range(nb):
+                el[0, b] = sm[b]
+            # nearest remainder-0 point (branch-free, so that it vectorises)
             for i in range(dp1):
-                v = down * elev[i]
-                upv = np.float32(np.ceil(v)) * upf
-                dnv = np.float32(np.floor(v)) * upf
-                if upv - elev[i] < elev[i] - dnv:
-                    q = np.int32(np.ceil(v))
-                else:
-                    q = np.int32(np.floor(v))
-                r0[i] = q * dp1
-                s += q
-                rk[i] = 0
-            # rank of each coordinate's differential
+                for b in range(nb):
+                    e = el[i, b]
+                    v = down * e
+                    cv = np.float32(np.ceil(v))
+                    fv = np.float32(np.floor(v))
+                    up = np.int32(cv * upf - e < e - fv * upf)
+                    qi = np.int32(fv) + up * (np.int32(cv) - np.int32(fv))
+                    r0[i, b] = qi * dp1
+                    ssum[b] += qi
+                    rk[i, b] = 0
+            # rank of each coordinate's differential (ties go to the later coordinate)
             for i in range(d):
-                di = elev[i] - np.float32(r0[i])
                 for j in range(i + 1, dp1):
-                    if di < elev[j] - np.float32(r0[j]):
-                        rk[i] += 1
-                    else:
-                        rk[j] += 1
+                    for b in range(nb):
+                        lt = np.int32(
+                            el[i, b] - np.float32(r0[i, b]) < el[j, b] - np.float32(r0[j, b])
+                        )
+                        rk[i, b] += lt
+                        rk[j, b] += 1 - lt
             # back onto the plane
             for i in range(dp1):
-                rk[i] += s
-                if rk[i] < 0:
-                    rk[i] += dp1
-                    r0[i] += dp1
-                elif rk[i] > d:
-                    rk[i] -= dp1
-                    r0[i] -= dp1
-            # barycentric coordinates
-            for i in range(dp1 + 1):
-                bc[i] = 0.0
+                for b in range(nb):
+                    x = rk[i, b] + ssum[b]
+                    wrap = np.int32(x < 0) - np.int32(x > d)
+                    rk[i, b] = x + wrap * dp1
+                    r0[i, b] += wrap * dp1
+            # barycentric coordinates: with vr[m] = the differential of rank d - m
+            # (one per m, rk is a permutation), bary[m] = vr[m] - vr[m - 1] and
+            # bary[0] = vr[0] + 1 - vr[d]; the same roundings as the reference's
+            # scatter (x + 0 is exact)
+            for m in range(dp1):
+                for b in range(nb):
+                    vr[m, b] = 0.0
             for i in range(dp1):
-                v = (elev[i] - np.float32(r0[i])) * down
-                bc[d - rk[i]] += v
-                bc[d - rk[i] + 1] -= v
-            bc[0] = np.float32(np.float64(bc[0]) + (1.0 + np.float64(bc[dp1])))
-            # the d+1 vertices of the enclosing simplex; neighbouring pixels
-            # often share it, and then its vertex ids are reused unhashed
-            e0 = (n * npix + p) * dp1
-            same_simplex = p > p0
-            if same_simplex:
+                for m in range(dp1):
+                    dm = d - m
+                    for b in range(nb):
+                        vi = (el[i, b] - np.float32(r0[i, b])) * down
+                        vr[m, b] += vi if rk[i, b] == dm else np.float32(0.0)
+            for b in range(nb):
+                e0 = (n * npix + q0 + b) * dp1
+                bary[e0] = np.float32(np.float64(vr[0, b]) + (1.0 + np.float64(-vr[d, b])))
+                for m in range(1, dp1):
+                    bary[e0 + m] = vr[m, b] - vr[m - 1, b]
+            for b in range(nb):
+                p = q0 + b
+                e0 = (n * npix + p) * dp1
                 for i in range(d):
-                    if r0[i] != prev_r0[i] or rk[i] != prev_rk[i]:
-                        same_simplex = False
-                        break
-            if same_simplex:
-                for r in range(dp1):
-                    loc[e0 + r] = loc[e0 - dp1 + r]
-                    bary[e0 + r] = bc[r]
-                continue
-            for i in range(d):
-                prev_r0[i] = r0[i]
-                prev_rk[i] = rk[i]
-            for r in range(dp1):
-                for i in range(d):
-                    c = r0[i] + r
-                    if rk[i] > d - r:
-                        c -= dp1
-                    key[i] = c
-                h = _hash(key, d)
-                mask = cap - 1
-                slot = h & mask
-                while True:
-                    lid = table[slot]
-                    if lid < 0:
-                        lid = cnt
-                        table[slot] = lid
-                        for i in range(d):
-                            gk[ebase + lid, i] = key[i]
-                        hh[ebase + lid] = h
-                        cnt += 1
-                        break
+                    ka[i] = r0[i, b]
+                    kb[i] = rk[i, b]
+                # same simplex as the previous pixel: reuse its vertex ids unhashed
+                if have_prev:
                     same = True
                     for i in range(d):
-                        if gk[ebase + lid, i] != key[i]:
+                        if ka[i] != prev_a[i] or kb[i] != prev_b[i]:
                             same = False
                             break
                     if same:
+                        for r in range(dp1):
+                            loc[e0 + r] = loc[prev_e + r]
+                        prev_e = e0
+                        continue
+                # the d+1 vertex keys of this simplex
+                for r in range(dp1):
+                    for i in range(d):
+                        nk[r, i] = ka[i] + r - dp1 * np.int32(kb[i] > d - r)
+                have_prev = True
+                for i in range(d):
+                    prev_a[i] = ka[i]
+                    prev_b[i] = kb[i]
+                prev_e = e0
+                # a simplex seen before in this task: copy its vertex ids
+                hs = _hash2(ka, kb, d)
+                smask = scap - 1
+                slot = hs & smask
+                found = -1
+                tag = _tag(hs)
+                while True:
+                    ent = stable[slot]
+                    if ent < 0:
                         break
-                    slot = (slot + 1) & mask
-                loc[e0 + r] = lid
-                bary[e0 + r] = bc[r]
-                if 2 * cnt > cap:  # grow: rehash the stored hashes
-                    cap *= 2
+                    sid = ent & _ID_MASK
+                    same = (ent & ~_ID_MASK) == tag
+                    if same:
+                        for i in range(d):
+                            if sk[sbase + sid, i] != ka[i] or sk[sbase + sid, d + i] != kb[i]:
+                                same = False
+                                break
+                    if same:
+                        found = sid
+                        break
+                    slot = (slot + 1) & smask
+                if found >= 0:
+                    src = sfirst[found]
+                    for r in range(dp1):
+                        loc[e0 + r] = loc[src + r]
+                    continue
+                # a new simplex: remember it, then hash its d+1 vertices
+                sid = scnt
+                stable[slot] = tag | sid
+                for i in range(d):
+                    sk[sbase + sid, i] = ka[i]
+                    sk[sbase + sid, d + i] = kb[i]
+                shh[sid] = hs
+                sfirst[sid] = e0
+                scnt += 1
+                if 2 * scnt > scap:
+                    scap *= 2
+                    smask = scap - 1
+                    stable = np.full(scap, -1, np.int64)
+                    for q in range(scnt):
+                        slot = shh[q] & smask
+                        while stable[slot] >= 0:
+                            slot = (slot + 1) & smask
+                        stable[slot] = _tag(shh[q]) | q
+                for r in range(dp1):
+                    for i in range(d):
+                        key[i] = nk[r, i]
+                    h = _hash(key, d)
                     mask = cap - 1
-                    table = np.full(cap, -1, np.int32)
-                    for q in range(cnt):
-                        slot = hh[ebase + q] & mask
-                        while table[slot] >= 0:
-                            slot = (slot + 1) & mask
-                        table[slot] = q
+                    slot = h & mask
+                    tag = _tag(h)
+                    while True:
+                        ent = table[slot]
+                        if ent < 0:
+                            lid = cnt
+                            table[slot] = tag | lid
+                            for i in range(d):
+                                gk[ebase + lid, i] = key[i]
+                            hh[ebase + lid] = h
+                            cnt += 1
+                            break
+                        lid = ent & _ID_MASK
+                        same = (ent & ~_ID_MASK) == tag
+                        if same:
+                            for i in range(d):
+                                if gk[ebase + lid, i] != key[i]:
+                                    same = False
+                                    break
+                        if same:
+                            break
+                        slot = (slot + 1) & mask
+                    loc[e0 + r] = lid
+                    if 2 * cnt > cap:  # grow: rehash the stored hashes
+                        cap *= 2
+                        mask = cap - 1
+                        table = np.full(cap, -1, np.int64)
+                        for q in range(cnt):
+                            slot = hh[ebase + q] & mask
+                            while table[slot] >= 0:
+                                slot = (slot + 1) & mask
+                            table[slot] = _tag(hh[ebase + q]) | q
         nloc[t] = cnt
 
 
@@ -221,10 +344,15 @@ def _find(table, toff, cap, gk, gsrc, gbase, key, h, d):
     """Global id of ``key`` in one image's table, or -1."""
     mask = cap - 1
     slot = h & mask
+    tag = _tag(h)
     while True:
-        gid = table[toff + slot]
-        if gid < 0:
+        ent = table[toff + slot]
+        if ent < 0:
             return -1
+        gid = ent & _ID_MASK
+        if (ent & ~_ID_MASK) != tag:
+            slot = (slot + 1) & mask
+            continue
         src = gsrc[gbase + gid]
         same = True
         for i in range(d):
@@ -261,20 +389,23 @@ def _build_merge(npix, dp1, nblk, gk, hh, nloc, loff, table, toff, tcap, lmap, g
                 src = ebase + lid
                 h = hh[src]
                 slot = h & mask
+                tag = _tag(h)
                 while True:
-                    gid = table[base + slot]
-                    if gid < 0:
+                    ent = table[base + slot]
+                    if ent < 0:
                         gid = cnt
-                        table[base + slot] = gid
+                        table[base + slot] = tag | gid
                         gsrc[gbase + gid] = src
                         cnt += 1
                         break
+                    gid = ent & _ID_MASK
                     other = gsrc[gbase + gid]
-                    same = True
-                    for i in range(d):
-                        if gk[other, i] != gk[src, i]:
-                            same = False
-                            break
+                    same = (ent & ~_ID_MASK) == tag
+                    if same:
+                        for i in range(d):
+                            if gk[other, i] != gk[src, i]:
+                                same = False
+                                break
                     if same:
                         break
                     slot = (slot + 1) & mask
@@ -355,7 +486,12 @@ def _build_neighbours(dp1, voff, gk, hh, gsrc, loff, nblk, table, toff, tcap, nb
 
 @njit(parallel=True, cache=True)
 def _splat(vals, dp1, nblk, loc, bary, loff, buf):
-    """Scatter each pixel's C values into its task's rows of ``buf`` (zeroed here)."""
+    """Scatter each pixel's C values into its task's rows of ``buf`` (zeroed here).
+
+    Pixels go in tiles of ``_TILE``: the tile's ``(C, tile)`` input is read row
+    by row (contiguous) into a ``(tile, C)`` scratch, then each pixel adds its C
+    values to d+1 rows (class index innermost, vectorised).
+    """
     _, nch, npix = vals.shape
     ntask = loff.shape[0] - 1
     blk = (npix + nblk - 1) // nblk
@@ -366,16 +502,19 @@ def _splat(vals, dp1, nblk, loc, bary, loff, buf):
         for s in range(loff[t], loff[t + 1]):
             for k in range(nch):
                 buf[s, k] = 0.0
-        tmp = np.empty(nch, vals.dtype)
-        for p in range(p0, p1):
+        tmp = np.empty((_TILE, nch), vals.dtype)
+        for q0 in range(p0, p1, _TILE):
+            nb = min(_TILE, p1 - q0)
             for k in range(nch):
-                tmp[k] = vals[n, k, p]
-            e0 = (n * npix + p) * dp1
-            for r in range(dp1):
-                s = loc[e0 + r]
-                w = bary[e0 + r]
-                for k in range(nch):
-                    buf[s, k] += w * tmp[k]
+                for b in range(nb):
+                    tmp[b, k] = vals[n, k, q0 + b]
+            for b in range(nb):
+                e0 = (n * npix + q0 + b) * dp1
+                for r in range(dp1):
+                    s = loc[e0 + r]
+                    w = bary[e0 + r]
+                    for k in range(nch):
+                        buf[s, k] += w * tmp[b, k]
 
 
 @njit(parallel=True, cache=True)
@@ -422,7 +561,12 @@ def _blur(a, b, nbr, half):
 
 @njit(parallel=True, cache=True)
 def _slice(lat, dp1, nblk, off, bary, alpha, out):
-    """``out[n, :, p] = sum_r (alpha * bary) * lat[vertex_r]``."""
+    """``out[n, :, p] = sum_r (alpha * bary) * lat[vertex_r]``.
+
+    Pixels go in tiles of ``_TILE``: each pixel's C outputs are accumulated in a
+    ``(tile, C)`` scratch from d+1 contiguous rows (class index innermost), then
+    the tile is written out row by row (contiguous).
+    """
     n_img, nch, npix = out.shape
     ntask = n_img * nblk
     blk = (npix + nblk - 1) // nblk
@@ -430,18 +574,23 @@ def _slice(lat, dp1, nblk, off, bary, alpha, out):
         n = t // nblk
         p0 = (t % nblk) * blk
         p1 = min(npix, p0 + blk)
-        tmp = np.empty(nch, out.dtype)
-        for p in range(p0, p1):
-            for k in range(nch):
-                tmp[k] = 0.0
-            e0 = (n * npix + p) * dp1
-            for r in range(dp1):
-                v = off[e0 + r]
-                w = bary[e0 + r] * alpha
+        acc = np.empty((_TILE, nch), out.dtype)
+        for q0 in range(p0, p1, _TILE):
+            nb = min(_TILE, p1 - q0)
+            for b in range(nb):
+                e0 = (n * npix + q0 + b) * dp1
+                v = off[e0]
+                w = bary[e0] * alpha
                 for k in range(nch):
-                    tmp[k] += w * lat[v, k]
+                    acc[b, k] = w * lat[v, k]
+                for r in range(1, dp1):
+                    v = off[e0 + r]
+                    w = bary[e0 + r] * alpha
+                    for k in range(nch):
+                        acc[b, k] += w * lat[v, k]
             for k in range(nch):
-                out[n, k, p] = tmp[k]
+                for b in range(nb):
+                    out[n, k, q0 + b] = acc[b, k]
 
 
 class _Threads:
@@ -514,7 +663,9 @@ class NumbaLattice:
         gk = np.empty((nent, d), np.int32)
         hh = np.empty(nent, np.int64)
         nloc = np.zeros(ntask, np.int32)
-        _build_local(f, scale, nblk, loc, bary, gk, hh, nloc)
+        sk = np.empty((n_img * npix, 2 * d), np.int32)  # simplex keys (touched rows only)
+        _build_local(f, scale, nblk, loc, bary, gk, hh, nloc, sk)
+        del sk
         clock.append(time.perf_counter())
 
         loff = np.zeros(ntask + 1, np.int64)
@@ -524,7 +675,7 @@ class NumbaLattice:
         tcap = _pow2_at_least(np.maximum(2 * per_img, 16))
         toff = np.zeros(n_img + 1, np.int64)
         np.cumsum(tcap, out=toff[1:])
-        table = np.empty(int(toff[-1]), np.int32)
+        table = np.empty(int(toff[-1]), np.int64)
         lmap = np.empty(nslot, np.int32)
         gsrc = np.empty(nslot, np.int64)
         vcount = np.zeros(n_img, np.int64)

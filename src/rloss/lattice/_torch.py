@@ -23,7 +23,13 @@ Filtering (:meth:`TorchLattice.apply`) works on values laid out as
 ``(vertices, C)`` so all channels go through in one pass: splat with
 ``index_add_``, ``d+1`` blur passes ``v + 0.5 (v[n1] + v[n2])`` by gathering,
 slice by gathering with the barycentric weights and ``alpha = 1/(1+2^-d)``.
-``apply`` never synchronises with the host.
+``apply`` never synchronises with the host. :func:`build` does, twice, and
+only there: once to read back the elevated magnitude (validation) and the
+coordinate ranges that choose the packed key layout, and once inside
+``torch.unique``, whose output size (the vertex count) sizes every lattice
+tensor. Both are inherent to building a sparse lattice on the device (the
+fallback relabelling path, taken only when packed keys would overflow, adds
+one ``unique`` per feature dimension).
 
 The result reproduces the rloss reference lattice (tolerance A of
 ``../shared/reference/README.md``); it is *not* normalised and returns about
@@ -300,6 +306,7 @@ def _build_packed(
         - (d + 1) * above.index_select(1, d + 1 - r).t()
     )  # (d+1, Q)
     del base
+    # Host sync 2 of 2: the number of vertices M sizes every later tensor
     uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
     del keys
     m = uniq.numel()
@@ -392,7 +399,18 @@ def build(features: Tensor) -> TorchLattice:
     dev = features.device
     f = features.detach().to(torch.float32).reshape(n * p, d)
     el = _elevate(f)
-    peak = float(el.abs().max())  # host sync: construction only
+
+    # Host sync 1 of 2 (construction only): the elevated magnitude (validity) and
+    # the per-coordinate ranges that choose the packed key layout, read back in
+    # one transfer.
+    stats = torch.cat(
+        [
+            el.abs().amax().view(1),
+            el[:, :d].amin(dim=0),
+            el[:, :d].amax(dim=0),
+        ]
+    ).tolist()
+    peak = stats[0]
     if not peak < _MAX_ELEVATED:  # also catches NaN/Inf
         raise ValueError(
             f"features are too large or not finite (elevated magnitude {peak:.3g}, "
@@ -402,11 +420,13 @@ def build(features: Tensor) -> TorchLattice:
     del el
     image = torch.arange(n, device=dev, dtype=torch.int64).repeat_interleave(p)
 
-    # per-coordinate ranges, padded by 2(d+1) so that every vertex (rem0 + [-(d+1), d])
-    # and each of its blur neighbours (a further +-d) packs without wrapping
-    margin = 2 * (d + 1)
-    lo = (rem0[:, :d].amin(dim=0) - margin).tolist()
-    hi = (rem0[:, :d].amax(dim=0) + margin).tolist()
+    # The remainder-0 point is within (d+1)/2 of the elevated point, and moves by
+    # at most d+1 when put back on the plane: 2(d+1) around the elevated range
+    # bounds it. Pad by another 2(d+1) so that every vertex (rem0 + [-(d+1), d])
+    # and each of its blur neighbours (a further +-d) packs without wrapping.
+    margin = 4 * (d + 1)
+    lo = [math.floor(v) - margin for v in stats[1 : 1 + d]]
+    hi = [math.ceil(v) + margin for v in stats[1 + d :]]
     ranges = [h - l + 1 for l, h in zip(lo, hi)]
     capacity = n
     for r in ranges:

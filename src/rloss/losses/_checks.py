@@ -1,8 +1,15 @@
 """Input validation shared by the losses: clear ``ValueError`` at the boundary.
 
-Every check names the argument, what it got and what it wants. The checks
-cost a few reductions (one ``aminmax`` per tensor, one sum over classes for
-``probs``), small next to the lattice.
+Every check names the argument, what it got and what it wants.
+
+Structural checks (type, shape, dtype, device) run everywhere. *Value* checks
+(NaN/Inf, image in 0..255, roi in 0..1, probs in 0..1 summing to 1) need the
+values on the host, so they run only for CPU tensors, where they cost a few
+reductions (one ``aminmax`` per tensor, one sum over classes for ``probs``).
+On accelerators (CUDA, MPS, ...) they are skipped: reading a reduction back
+would synchronise the device with the host on every training step (the
+losses promise none). Validate a batch on the CPU, or run one step on the
+CPU, when in doubt.
 """
 
 from __future__ import annotations
@@ -58,6 +65,11 @@ def check_float_tensor(name: str, t: object, ndim: int, want: str) -> Tensor:
     return t
 
 
+def host_values(t: Tensor) -> bool:
+    """Whether value checks run for ``t``: only on the CPU (they would sync an accelerator)."""
+    return t.device.type == "cpu"
+
+
 def _minmax(name: str, t: Tensor) -> tuple[float, float]:
     lo, hi = torch.aminmax(t.detach().float())
     lo_f, hi_f = float(lo), float(hi)
@@ -72,8 +84,12 @@ def check_image(image: object, name: str = "image") -> Tensor:
     Warns once per process (naming ``name``) when all values lie in 0..1,
     which usually means the image was scaled to 0..1: the colour bandwidth
     ``sigma_rgb`` is in 0..255 units, so such an image is effectively one colour.
+    The value checks (and the warning) run for CPU tensors only; on an
+    accelerator only the shape and dtype are checked (no host sync).
     """
     image = check_float_tensor(name, image, 4, "(N, C, H, W)")
+    if not host_values(image):
+        return image
     lo, hi = _minmax(name, image)
     if lo < -IMAGE_RANGE_TOL or hi > 255.0 + IMAGE_RANGE_TOL:
         raise ValueError(
@@ -95,8 +111,12 @@ def check_probs(probs: object, roi: Tensor | None = None, name: str = "probs") -
 
     The sum-to-one check is made only where ``roi > 0`` (pixels outside the
     region of interest are ignored by the losses and may hold anything finite).
+    The value checks run for CPU tensors only; on an accelerator only the shape
+    and dtype are checked (no host sync).
     """
     probs = check_float_tensor(name, probs, 4, "(N, K, H, W)")
+    if not host_values(probs):
+        return probs
     tol = PROBS_TOL_HALF if probs.dtype in _HALF_DTYPES else PROBS_TOL
     lo, hi = _minmax(name, probs)
     if lo < -tol or hi > 1.0 + tol:
@@ -121,7 +141,8 @@ def check_roi(roi: object, probs: Tensor, name: str = "roi") -> Tensor:
     """Validate or create the region of interest: ``(N, H, W)``, values in 0..1.
 
     Returns ``roi`` as a floating tensor (bool is converted), or all ones
-    (``probs``'s dtype and device) when ``roi`` is None.
+    (``probs``'s dtype and device) when ``roi`` is None. The 0..1 range is
+    checked for CPU tensors only (no host sync on an accelerator).
     """
     n, _, h, w = probs.shape
     if roi is None:
@@ -138,6 +159,8 @@ def check_roi(roi: object, probs: Tensor, name: str = "roi") -> Tensor:
     elif roi.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"{name} must be a float or bool tensor, got dtype {roi.dtype}")
     check_same_device((name, roi), ("probs", probs))
+    if not host_values(roi):
+        return roi
     lo, hi = _minmax(name, roi)
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"{name} must hold values in 0..1, got values in [{lo:.4g}, {hi:.4g}]")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rloss.lattice import Lattice, bilateral_features
+from rloss.lattice import Lattice
 from rloss.losses import _checks
 
 __all__ = [
@@ -90,8 +90,26 @@ def prepare_pairwise(
                 f"scale_factor={scale_factor} shrinks probs of shape {tuple(probs.shape)} "
                 "to an empty image"
             )
-    feats = bilateral_features(image_c, sigma_rgb, sigma_xy * scale_factor, check_finite=False)
+    feats = _pixel_major_features(image_c, sigma_rgb, sigma_xy * scale_factor)
     return Lattice(feats, backend=backend), probs_c, roi_c
+
+
+def _pixel_major_features(image: Tensor, sigma_rgb: float, sigma_xy: float) -> Tensor:
+    """:func:`~rloss.lattice.bilateral_features`, the same float32 values, stored pixel-major.
+
+    Returns an ``(N, 2 + C, H, W)`` view of ``(N, H, W, 2 + C)`` memory: the
+    lattice wants each pixel's feature vector contiguous, and gets it from this
+    layout without another copy.
+    """
+    n, c, h, w = image.shape
+    dev = image.device
+    mem = torch.empty(n, h, w, 2 + c, dtype=torch.float32, device=dev)
+    mem[..., 0] = torch.arange(w, device=dev, dtype=torch.float32).div_(float(sigma_xy))
+    mem[..., 1] = (
+        torch.arange(h, device=dev, dtype=torch.float32).div_(float(sigma_xy)).view(h, 1)
+    )
+    torch.div(image.permute(0, 2, 3, 1).to(torch.float32), float(sigma_rgb), out=mem[..., 2:])
+    return mem.permute(0, 3, 1, 2)
 
 
 class _PairwiseEnergy(torch.autograd.Function):
@@ -106,19 +124,32 @@ class _PairwiseEnergy(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, probs: Tensor, roi: Tensor, lattice: Lattice, kind: str, normalize: bool
     ) -> Tensor:
-        n, k = probs.shape[:2]
+        n, k, h, w = probs.shape
         r = roi.unsqueeze(1)
-        s = probs * r
-        filt = lattice.filter(torch.cat([s, r], dim=1), check_finite=False)
+        # [S̃, roi] written straight into the filter input (no torch.cat temporary)
+        vals = torch.empty(n, k + 1, h, w, dtype=probs.dtype, device=probs.device)
+        s = torch.mul(probs, r, out=vals[:, :k])
+        vals[:, k] = roi
+        # a fresh tensor owned here: reused in place for the gradient below
+        filt = lattice.filter(vals, check_finite=False)
         ws, wr = filt[:, :k], filt[:, k:]
         tiny = torch.finfo(probs.dtype).tiny
+        want_grad = ctx.needs_input_grad[0]
         if kind == "potts":
-            per_image = (s * (wr - ws)).sum(dim=(1, 2, 3))  # (N,)
-            grad = wr - 2.0 * ws  # dE_n / dS̃
+            # E_n = Σ S̃ ⊙ (W roi − W S̃); dE_n/dS̃ = W roi − 2 W S̃ = 2 (D − W roi / 2) with
+            # D = W roi − W S̃. Evaluated in place in ``filt`` (no full-size temporaries).
+            diff = torch.sub(wr, ws, out=ws)  # D, in place of W S̃
+            s_rows, d_rows = s.reshape(n, k * h * w), diff.reshape(n, k * h * w)  # views
+            # one BLAS dot per image (bmm/einsum take a slow path for these shapes)
+            per_image = torch.stack([torch.dot(s_rows[i], d_rows[i]) for i in range(n)])
+            scale = r * (2.0 / n)  # (N, 1, H, W): roi / N, and the factor 2 of the gradient
             if normalize:
                 volume = (r * wr).sum(dim=(1, 2, 3)).clamp_min(tiny)  # roiᵀ W roi
                 per_image = per_image / volume
-                grad = grad / volume.view(n, 1, 1, 1)
+                scale = scale / volume.view(n, 1, 1, 1)
+            if want_grad:
+                grad = torch.sub(diff, wr, alpha=0.5, out=diff)  # (W roi − 2 W S̃) / 2
+                ctx.save_for_backward(grad.mul_(scale))
         elif kind == "ncut":
             assoc = (s * ws).sum(dim=(2, 3))  # (N, K)  S̃_kᵀ W S̃_k
             degree = (s * wr).sum(dim=(2, 3))  # (N, K)  dᵀ S̃_k
@@ -126,13 +157,13 @@ class _PairwiseEnergy(torch.autograd.Function):
             denom = degree + NCUT_EPS * volume.unsqueeze(1) + tiny
             cut = degree - assoc
             per_image = (cut / denom).sum(dim=1)
-            grad = (wr - 2.0 * ws) / denom[..., None, None] - (cut / denom.square())[
-                ..., None, None
-            ] * wr
+            if want_grad:
+                grad = (wr - 2.0 * ws) / denom[..., None, None] - (cut / denom.square())[
+                    ..., None, None
+                ] * wr
+                ctx.save_for_backward(grad.mul_(r / n))
         else:  # pragma: no cover - internal
             raise ValueError(f"unknown pairwise energy {kind!r}")
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(grad * (r / n))
         return per_image.sum() / n
 
     @staticmethod

@@ -46,7 +46,7 @@ def _check_bounds(name: str, b: object, n: int, k: int, probs: Tensor) -> Tensor
         )
     _checks.check_same_device(("probs", probs), (name, b))
     if b.is_floating_point() or b.dtype in (torch.int64, torch.int32):
-        if not bool(torch.isfinite(b.float()).all()):
+        if _checks.host_values(b) and not bool(torch.isfinite(b.float()).all()):
             raise ValueError(f"{name} contains NaN or Inf values")
         return b
     raise ValueError(f"{name} must be a float or integer tensor, got dtype {b.dtype}")
