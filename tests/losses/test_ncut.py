@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,21 +9,7 @@ import torch.nn.functional as F
 from rloss.lattice import bilateral_features
 from rloss.losses import NormalizedCutLoss, ncut_loss
 
-
-def _importable(name: str) -> bool:
-    try:
-        importlib.import_module(f"rloss.lattice._{name}")
-    except ImportError:
-        return False
-    return True
-
-
-LATTICE_BACKENDS = [
-    pytest.param(
-        b, marks=pytest.mark.skipif(not _importable(b), reason=f"rloss.lattice._{b} not importable")
-    )
-    for b in ("torch", "numba")
-]
+LATTICE_BACKENDS = ["torch", "numba"]
 
 
 def _image(n, h, w, seed=0):
