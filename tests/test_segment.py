@@ -1,0 +1,278 @@
+"""Tests of rloss.segment: scribble reading, single-image optimisation and the CLI."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rloss.cli import main
+from rloss.constants import IGNORE_INDEX
+from rloss.data.io import read_image, read_label, write_image, write_label
+from rloss.losses import densecrf_loss
+from rloss.segment import PottsOnImage, read_scribble_text, read_scribbles, segment_image
+
+EXAMPLES = ("astronaut", "coffee", "chelsea")
+
+
+def _examples_dir() -> Path:
+    return Path(str(resources.files("rloss") / "examples"))
+
+
+def _toy(h: int = 40, w: int = 48):
+    """Dark disc on a bright background; one scribble inside, one outside, far from the edge."""
+    yy, xx = np.mgrid[:h, :w]
+    inside = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 3) ** 2
+    rng = np.random.default_rng(0)
+    img = np.where(inside[..., None], 60.0, 200.0) + rng.normal(0, 5, (h, w, 3))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    scr = np.full((h, w), IGNORE_INDEX, np.int64)
+    scr[h // 2 - 1 : h // 2 + 2, w // 2 - 3 : w // 2 + 3] = 7  # any label value works
+    scr[2:4, 2:10] = 0
+    return img, scr, inside
+
+
+# ----------------------------------------------------------------- examples and scribble files
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_examples_are_shipped_and_consistent(name):
+    d = _examples_dir()
+    img = read_image(d / f"{name}.png")
+    assert max(img.shape[:2]) <= 320
+    assert (d / f"{name}.png").stat().st_size < 150_000
+    scr = read_scribbles(d / f"{name}_scribbles.txt", img.shape[:2])
+    labels = set(np.unique(scr).tolist()) - {IGNORE_INDEX}
+    assert 2 <= len(labels) <= 4
+    assert 0.005 < (scr != IGNORE_INDEX).mean() < 0.1
+    assert (d / "README.txt").is_file()
+
+
+def test_read_scribble_text_draws_strokes(tmp_path):
+    f = tmp_path / "s.txt"
+    f.write_text("# comment\n\n1,2,5,12,5\n3,20,20\n")
+    scr = read_scribble_text(f, (30, 30))
+    assert scr.dtype == np.uint8 and scr.shape == (30, 30)
+    assert scr[5, 2:13].tolist() == [1] * 11  # the stroke's centre line
+    assert scr[4, 7] == 1 and scr[6, 7] == 1  # 3 px wide
+    assert scr[20, 20] == 3  # a one-point stroke is a dot
+    assert scr[15, 15] == IGNORE_INDEX
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("1,2,3,4,5\nx,1,1\n", "integer"), ("1,2,3,4\n", "coordinates"), ("300,1,1\n", r"0\.\.254")],
+)
+def test_read_scribble_text_rejects_bad_lines(tmp_path, text, match):
+    f = tmp_path / "bad.txt"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_scribble_text(f, (10, 10))
+
+
+def test_read_scribbles_png_and_size_check(tmp_path):
+    lab = np.full((10, 12), IGNORE_INDEX, np.uint8)
+    lab[2, 3] = 1
+    write_label(tmp_path / "s.png", lab)
+    assert np.array_equal(read_scribbles(tmp_path / "s.png", (10, 12)), lab)
+    with pytest.raises(ValueError, match="12x10"):
+        read_scribbles(tmp_path / "s.png", (11, 12))
+    with pytest.raises(ValueError, match="not found"):
+        read_scribbles(tmp_path / "missing.png", (10, 12))
+
+
+# ----------------------------------------------------------------- the cached-lattice energy
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_potts_on_image_equals_densecrf_loss(normalize):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 20, 24, generator=g) * 255
+    probs = torch.randn(1, 3, 20, 24, generator=g).softmax(1).requires_grad_(True)
+    ours = PottsOnImage(
+        image, sigma_rgb=15.0, sigma_xy=6.0, weight=0.3, normalize=normalize, backend="torch"
+    )(probs)
+    ref = densecrf_loss(
+        image,
+        probs,
+        weight=0.3,
+        sigma_rgb=15.0,
+        sigma_xy=6.0,
+        normalize=normalize,
+        backend="torch",
+    )
+    assert torch.allclose(ours, ref, rtol=1e-4)
+    (g1,) = torch.autograd.grad(ours, probs)
+    (g2,) = torch.autograd.grad(ref, probs)
+    # gradients agree up to a per-pixel constant over classes (removed by the softmax)
+    d = (g1 - g1.mean(1, keepdim=True)) - (g2 - g2.mean(1, keepdim=True))
+    assert d.abs().max() <= 1e-4 * g2.abs().max()
+
+
+# ----------------------------------------------------------------- segment_image
+
+
+def test_segment_image_crf_fills_the_object():
+    img, scr, inside = _toy()
+    labels = segment_image(
+        img, scr, steps=60, method="logits", sigma_xy=20.0, scale=1.0, backend="torch", threads=1
+    )
+    assert labels.shape == scr.shape and labels.dtype == np.int64
+    assert set(np.unique(labels).tolist()) <= {0, 7}
+    acc = ((labels == 7) == inside).mean()
+    assert acc > 0.97
+
+
+@pytest.mark.parametrize("method", ["net", "logits"])
+def test_segment_image_keeps_scribbles_and_is_deterministic(method):
+    img, scr, _ = _toy()
+    a = segment_image(img, scr, steps=20, method=method, seed=3, threads=1)
+    b = segment_image(img, scr, steps=20, method=method, seed=3, threads=1)
+    assert np.array_equal(a, b)
+    lab = scr != IGNORE_INDEX
+    assert (a[lab] == scr[lab]).mean() > 0.95
+
+
+def test_segment_image_logits_without_crf_cannot_propagate():
+    """Free per-pixel scores with pCE only stay undecided away from the scribbles; the
+    DenseCRF term is what propagates the labels (the loss's point)."""
+    img, scr, inside = _toy()
+    _, p_no, _ = segment_image(
+        img,
+        scr,
+        steps=40,
+        method="logits",
+        crf_weight=0.0,
+        scale=1.0,
+        return_probs=True,
+        threads=1,
+    )
+    _, p_crf, values = segment_image(
+        img,
+        scr,
+        steps=40,
+        method="logits",
+        scale=1.0,
+        sigma_xy=20.0,
+        backend="torch",
+        return_probs=True,
+        threads=1,
+    )
+    assert values == [0, 7]
+    far = torch.from_numpy(inside)
+    far[torch.from_numpy(scr != IGNORE_INDEX)] = False
+    assert torch.allclose(p_no[:, 30, 5], torch.tensor([0.5, 0.5]))  # untouched pixel
+    assert p_crf[1][far].mean() > 0.8
+
+
+def test_segment_image_tensor_io_and_single_class():
+    img, scr, _ = _toy()
+    t_img = torch.from_numpy(img).permute(2, 0, 1).float()
+    out = segment_image(t_img, torch.from_numpy(scr), steps=2, threads=1)
+    assert isinstance(out, torch.Tensor) and out.shape == scr.shape
+    one = np.full_like(scr, IGNORE_INDEX)
+    one[0, 0] = 4
+    assert (segment_image(img, one, steps=1) == 4).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"scale": 0.0}, "scale"),
+        ({"crf_weight": -1.0}, "crf_weight"),
+        ({"method": "magic"}, "method"),
+        ({"sigma_xy": 0.0}, "sigma_xy"),
+        ({"threads": 0}, "threads"),
+    ],
+)
+def test_segment_image_rejects_bad_arguments(kwargs, match):
+    img, scr, _ = _toy()
+    with pytest.raises(ValueError, match=match):
+        segment_image(img, scr, **kwargs)
+
+
+def test_segment_image_rejects_bad_inputs():
+    img, scr, _ = _toy()
+    with pytest.raises(ValueError, match="no labelled"):
+        segment_image(img, np.full_like(scr, IGNORE_INDEX))
+    with pytest.raises(ValueError, match="scribbles"):
+        segment_image(img, scr[:-1])
+    with pytest.raises(ValueError, match="image"):
+        segment_image(img[..., 0], scr)
+    with pytest.raises(ValueError, match=r"0\.\.255"):
+        segment_image(img.astype(np.float32) * 2, scr)
+
+
+# ----------------------------------------------------------------- the command
+
+
+@pytest.mark.slow
+def test_cli_segment_on_a_shipped_example(tmp_path, capsys):
+    d = _examples_dir()
+    out, ov = tmp_path / "mask.png", tmp_path / "overlay.png"
+    argv = [
+        "segment",
+        str(d / "chelsea.png"),
+        "--scribbles",
+        str(d / "chelsea_scribbles.txt"),
+        "--out",
+        str(out),
+        "--overlay",
+        str(ov),
+        "--steps",
+        "40",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    mask = read_label(out)
+    img = read_image(d / "chelsea.png")
+    assert mask.shape == img.shape[:2]
+    with Image.open(out) as im:
+        assert im.mode == "P"
+    scr = read_scribbles(d / "chelsea_scribbles.txt", img.shape[:2])
+    lab = scr != IGNORE_INDEX
+    assert (mask[lab] == scr[lab]).mean() > 0.9
+    assert {0, 1} <= set(np.unique(mask).tolist())
+    assert read_image(ov).shape == img.shape
+    assert "mask:" in capsys.readouterr().out
+    # refuses to overwrite, then does with --overwrite
+    assert main(argv) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--steps", "2"]) == 0
+
+
+def test_cli_segment_png_scribbles_no_crf_and_errors(tmp_path, capsys):
+    img, scr, _ = _toy()
+    write_image(tmp_path / "img.png", img)
+    write_label(tmp_path / "scr.png", scr.astype(np.uint8))
+    out = tmp_path / "m.png"
+    base = ["segment", str(tmp_path / "img.png"), "--scribbles", str(tmp_path / "scr.png")]
+    assert (
+        main([*base, "--out", str(out), "--no-crf", "--steps", "5", "--quiet", "--threads", "1"])
+        == 0
+    )
+    assert set(np.unique(read_label(out)).tolist()) <= {0, 7}
+    # never overwrites an input, even with --overwrite
+    assert main([*base, "--out", str(tmp_path / "scr.png"), "--overwrite", "--quiet"]) == 2
+    assert "inputs" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "m.txt"), "--quiet"]) == 2
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1,2\n")
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "img.png"),
+            "--scribbles",
+            str(bad),
+            "--out",
+            str(tmp_path / "z.png"),
+            "--quiet",
+        ]
+    )
+    assert rc == 2
+    assert "bad.txt" in capsys.readouterr().err
