@@ -274,3 +274,19 @@ def test_generate_synthetic_speed_and_cli(tmp_path, capsys):
     per_image = (time.perf_counter() - t0) / 40
     assert rc == 0 and "ready" in capsys.readouterr().out
     assert per_image < 0.1  # 200 images of 128x128 in a few seconds (about 0.02 s each)
+
+
+def test_atomic_writes_get_normal_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from rloss.data.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        out = atomic_write_text(tmp_path / "sub" / "a.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert out.read_text() == "{}\n"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert [p.name for p in out.parent.iterdir()] == ["a.json"]  # no temporary left

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,18 +70,9 @@ class TrainResult:
 # --------------------------------------------------------------------------- utils
 def write_json_atomic(data: Any, path: str | Path) -> Path:
     """Write ``data`` as JSON (NaN as null) to ``path`` via a temporary file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_json_safe(data), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from rloss.data.io import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
 
 
 def _json_safe(obj: Any) -> Any:
@@ -103,15 +92,10 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _torch_save_atomic(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    from rloss.data.io import atomic_path
+
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -639,14 +623,10 @@ def _expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def _save_png_atomic(img: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    from rloss.data.io import atomic_path
+
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def predict(

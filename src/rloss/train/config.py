@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -443,17 +441,9 @@ def load_config(
 
 def write_yaml_atomic(data: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``data`` as YAML to ``path`` via a temporary file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(_plain(data), fh, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from rloss.data.io import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(_plain(data), sort_keys=False))
 
 
 def _plain(obj: Any) -> Any:
