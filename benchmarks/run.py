@@ -13,7 +13,8 @@ and a warm numba cache): ``.venv/bin/python benchmarks/profile_numba.py``.
 
 Suites:
 
-* ``filter``: lattice build + one filter of K channels, (N, K, H, W) from issue 2,
+* ``filter``: lattice build + one filter of K channels, (N, K, H, W) from issue 2
+  (also ``benchmarks/bench_lattice.py``),
   sigma_rgb=15, sigma_xy=50.
 * ``crf``: ``rloss.losses.DenseCRFLoss`` forward + backward, float32
   (sigma_xy=50: the reference recipe's 100 at scale 0.5, inputs already at 256²).
