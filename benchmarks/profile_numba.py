@@ -103,8 +103,10 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     # filter stages
     v = vals.numpy()
     dp1 = lat.dim + 1
-    lat_a = np.empty((lat.num_vertices + 1, k + 1), np.float32)
-    lat_b = np.empty_like(lat_a)
+    # row V is the zero row that stands in for missing blur neighbours (uninitialised
+    # memory there can hold denormals or NaNs, which would slow the blur down)
+    lat_a = np.zeros((lat.num_vertices + 1, k + 1), np.float32)
+    lat_b = np.zeros_like(lat_a)
     out = np.empty_like(v)
     cpu, wall = _cpu_median(lambda: lat.apply(vals), repeats)
     print(f"filter of K+1={k + 1} channels: CPU {cpu:.1f} ms (wall {wall:.1f})")
@@ -120,7 +122,9 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     stages = {
         "splat": splat,
         "blur": lambda: _numba._blur(lat_a, lat_b, lat.nbr, np.float32(0.5)),
-        "slice": lambda: _numba._slice(lat_a, dp1, lat.nblk, lat.off, lat.bary, lat.alpha, out),
+        "slice": lambda: _numba._slice(
+            lat_a, dp1, lat.nblk, lat.vid, lat.obase, lat.bary, lat.alpha, out
+        ),
     }
     for name, fn in stages.items():
         print(f"  {name:<11} CPU {_cpu_median(fn, repeats)[0]:7.1f} ms")
