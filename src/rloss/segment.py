@@ -470,7 +470,7 @@ def _optimise(
             loss.backward()
             opt.step()
             if progress:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         with torch.no_grad():
             logits = F.interpolate(scores(), size=(h, w), mode="bilinear", align_corners=False)
             probs = torch.softmax(logits, dim=1)[0].float().cpu()
