@@ -107,24 +107,16 @@ QUICK: dict[str, Any] = {
 }
 
 
-def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def demo_settings(*, quick: bool = False, seed: int = 0, overrides: Mapping[str, Any] = {}):
     """The demo's settings: :data:`DEFAULTS`, then :data:`QUICK` if ``quick``, then ``overrides``.
 
     Returns:
         A new nested dict, with ``seed`` and ``quick`` set.
     """
-    s = _merge(DEFAULTS, QUICK) if quick else copy.deepcopy(DEFAULTS)
-    s = _merge(s, overrides)
+    from rloss.train.config import deep_merge
+
+    s = deep_merge(DEFAULTS, QUICK) if quick else copy.deepcopy(DEFAULTS)
+    s = deep_merge(s, overrides)
     s["seed"] = int(seed)
     s["quick"] = bool(quick)
     return s

@@ -680,25 +680,10 @@ def convert_directory(
         else:
             tasks.append((f, out, images_dir, kwargs))
 
-    from tqdm.auto import tqdm
+    from rloss.data._parallel import map_files
 
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1)
-    bar = tqdm(total=len(tasks), desc="scribbles", unit="file", disable=not progress)
-    try:
-        if workers <= 1 or len(tasks) < 2 * workers:
-            for task in tasks:
-                results.append(_convert_task(task))
-                bar.update()
-        else:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                chunk = max(1, min(64, len(tasks) // (4 * workers)))
-                for res in pool.map(_convert_task, tasks, chunksize=chunk):
-                    results.append(res)
-                    bar.update()
-    finally:
-        bar.close()
+    results += map_files(
+        _convert_task, tasks, workers=workers, desc="scribbles", progress=progress
+    )
     results.sort(key=lambda r: r.source)
     return ConvertSummary(results=results, tag_policy=tag_policy)

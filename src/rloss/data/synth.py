@@ -318,22 +318,7 @@ def synthesize_directory(
               "min_region": min_region, "ignore_index": ignore_index}
     tasks = [(f, out_dir / f"{f.stem}.png", kwargs, seed, overwrite) for f in files]
 
-    from tqdm.auto import tqdm
+    from rloss.data._parallel import map_files
 
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1)
-    results = []
-    with tqdm(total=len(tasks), desc="synth", unit="file", disable=not progress) as bar:
-        if workers <= 1 or len(tasks) < 2 * workers:
-            for task in tasks:
-                results.append(_synth_task(task))
-                bar.update()
-        else:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                chunk = max(1, min(64, len(tasks) // (4 * workers)))
-                for res in pool.map(_synth_task, tasks, chunksize=chunk):
-                    results.append(res)
-                    bar.update()
+    results = map_files(_synth_task, tasks, workers=workers, desc="synth", progress=progress)
     return ConvertSummary(results=results)
