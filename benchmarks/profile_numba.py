@@ -94,7 +94,10 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
                 phases.setdefault(key, []).append(1e3 * sec)
     finally:
         _numba.time = real_time
-    print(f"case N={n} K={k} {h}x{w}: {lat.num_vertices} vertices, {lat.nblk} block(s)/image")
+    print(
+        f"case N={n} K={k} {h}x{w}: {lat.num_vertices} vertices, {lat.nblk} block(s)/image, "
+        f"{'packed' if lat.packed else 'full'} keys"
+    )
     cpu, wall = _cpu_median(lambda: _numba.build(flat), repeats)
     print(f"build: CPU {cpu:.1f} ms (wall {wall:.1f})")
     for key, vals_ms in phases.items():

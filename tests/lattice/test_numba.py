@@ -211,3 +211,46 @@ def test_pixel_vertices_are_distinct_and_in_range():
     # images never share a vertex
     first, second = off[: 40 * 48].unique(), off[40 * 48 :].unique()
     assert int(first.max()) < int(second.min())
+
+
+@pytest.mark.parametrize(("n", "h", "w"), [(1, 96, 128), (3, 40, 48)])
+def test_packed_keys_match_full_keys(monkeypatch, n, h, w):
+    # vertex keys packed into one int64 (default when they fit) and the full-key
+    # path (forced by a zero bit budget) give the same lattice, bit for bit
+    feats, values = _random_problem(n, 4, h, w, seed=5)
+    packed = _numba.build(feats)
+    assert packed.packed
+    monkeypatch.setattr(_numba, "_PACK_BITS", 0)
+    full = _numba.build(feats)
+    assert not full.packed
+    assert full.num_vertices == packed.num_vertices
+    np.testing.assert_array_equal(full.nbr, packed.nbr)
+    assert torch.equal(full.apply(values), packed.apply(values))
+    assert torch.equal(full.apply(values.double()), packed.apply(values.double()))
+
+
+def test_packed_keys_out_of_range_fall_back(monkeypatch):
+    # packing ranges too narrow for the data: the kernel detects it and the
+    # build falls back to full keys instead of letting keys collide
+    feats, values = _random_problem(2, 3, 40, 48, seed=6)
+    expected = _numba.build(feats).apply(values)
+    real = _numba._pack_params
+
+    def too_narrow(lo, hi, scale):
+        return real(lo * 0.0, hi * 0.0, scale)
+
+    monkeypatch.setattr(_numba, "_pack_params", too_narrow)
+    lat = _numba.build(feats)
+    assert not lat.packed
+    assert torch.equal(lat.apply(values), expected)
+
+
+def test_wide_features_not_packed():
+    # coordinates spanning ~2^20 each over 5 dimensions need more than 62 bits
+    g = torch.Generator().manual_seed(7)
+    feats = (torch.rand(1, 300, 5, generator=g) * 2.0**17).contiguous()
+    values = torch.rand(1, 2, 300, generator=g)
+    lat = _numba.build(feats)
+    assert not lat.packed
+    out = lat.apply(values)
+    assert out.shape == values.shape and bool(torch.isfinite(out).all())

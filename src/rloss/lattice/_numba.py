@@ -33,6 +33,15 @@ or channels in Python):
   pixel the build keeps only the d+1 (task-local id, vertex, weight) triples
   that splat and slice reuse (int32 ids relative to a per-task base, float32
   weights); with one task per image the vertex is the task-local id.
+* **Packed keys** (the usual case). When the coordinate ranges, bounded from
+  the per-dimension feature ranges, fit in ``_PACK_BITS`` bits, each vertex key
+  is packed into one int64 and the tables hold (packed key, id) pairs: a probe
+  is one load and one compare, the d+1 probes of a simplex are independent, a
+  blur neighbour's key is the vertex's packed key plus or minus a constant, and
+  no simplex table is needed (``_build_local_packed``). The kernel checks every
+  remainder-0 point against the packed range; if one is out, the build reruns on
+  the full-key path above, so keys never collide silently. Both paths give
+  bitwise identical lattices.
 * **Filter** ``(N, C, P)``: values live as ``(vertices, C)`` rows, class index
   innermost, all C channels in one pass. Splat scatters each pixel into its
   task's private rows (race-free); with ``B > 1`` the private rows are summed
@@ -79,6 +88,9 @@ _SERIAL_PIXELS = 32768
 _ID_MASK = np.int64(0xFFFFFFFF)
 #: Largest |elevated coordinate| accepted: keys and their neighbours must fit int32.
 _MAX_COORD = 2.0**30
+#: Vertex keys are packed into one int64 when their coordinate ranges need at most
+#: this many bits (else the full-key path runs; set to 0 to force it).
+_PACK_BITS = 62
 
 
 def _blocks_per_image(n: int, p: int) -> int:
@@ -538,6 +550,269 @@ def _build_neighbours(dp1, voff, gk, hh, gsrc, loff, nblk, table, toff, tcap, nb
                 nbr[j, v, 1] = nvert if g2 < 0 else voff[n] + g2
 
 
+@njit(cache=True)
+def _pmix(pk):
+    """Hash of a packed key for the (key, id) tables: bits 32.. of ``pk * odd constant``."""
+    return (pk * np.int64(-7046029254386353131)) >> 32
+
+
+@njit(parallel=True, cache=True)
+def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu):
+    """``_build_local`` with packed keys (see ``_pack_params``).
+
+    A vertex key ``k`` (d coordinates) is stored as ``sum_i (k[i] - pbase[i]) * pu[i]``
+    (one int64; ``hh`` holds it instead of the hash). Table slots hold
+    ``(packed key, id)`` pairs: a probe is one load and one compare, and the d+1
+    probes of a simplex do not depend on each other (the packed keys are walked
+    arithmetically), so they overlap. There is no simplex table: with probes
+    this cheap, looking up the d+1 vertices of each simplex change directly is
+    faster than a table of simplices, which outgrows the L2 cache. A
+    remainder-0 point outside the packable range sets ``nloc[t] = -1`` (the
+    caller then rebuilds with the full-key kernel).
+    """
+    n_img, npix, d = feats.shape
+    dp1 = d + 1
+    ntask = n_img * nblk
+    blk = (npix + nblk - 1) // nblk
+    down = np.float32(1.0 / dp1)
+    upf = np.float32(dp1)
+    nb_max = _EMBED
+    for t in prange(ntask):
+        n = t // nblk
+        p0 = (t % nblk) * blk
+        p1 = min(npix, p0 + blk)
+        ebase = (n * npix + p0) * dp1
+        el = np.empty((dp1, nb_max), np.float32)
+        r0 = np.empty((dp1, nb_max), np.int32)
+        rk = np.empty((dp1, nb_max), np.int32)
+        sm = np.empty(nb_max, np.float32)
+        ssum = np.empty(nb_max, np.int32)
+        vr = np.empty((dp1, nb_max), np.float32)
+        ka = np.empty(d, np.int32)
+        kb = np.empty(d, np.int32)
+        prev_a = np.empty(d, np.int32)
+        prev_b = np.empty(d, np.int32)
+        perm = np.empty(dp1, np.int32)
+        have_prev = False
+        prev_e = 0
+        cnt = 0
+        pones = np.int64(0)
+        for i in range(d):
+            pones += pu[i]
+        cap = _TABLE0
+        table = np.full(2 * cap, -1, np.int64)
+        bad = False
+        for q0 in range(p0, p1, nb_max):
+            if bad:
+                break
+            nb = min(nb_max, p1 - q0)
+            # elevate onto the hyperplane sum(x) = 0 in R^(d+1)
+            for b in range(nb):
+                sm[b] = 0.0
+                ssum[b] = 0
+            for j in range(d, 0, -1):
+                sc = scale[j - 1]
+                fj = np.float32(j)
+                for b in range(nb):
+                    cf = feats[n, q0 + b, j - 1] * sc
+                    el[j, b] = sm[b] - fj * cf
+                    sm[b] += cf
+            for b in range(nb):
+                el[0, b] = sm[b]
+            # nearest remainder-0 point (branch-free, so that it vectorises)
+            for i in range(dp1):
+                for b in range(nb):
+                    e = el[i, b]
+                    v = down * e
+                    cv = np.float32(np.ceil(v))
+                    fv = np.float32(np.floor(v))
+                    up = np.int32(cv * upf - e < e - fv * upf)
+                    qi = np.int32(fv) + up * (np.int32(cv) - np.int32(fv))
+                    r0[i, b] = qi * dp1
+                    ssum[b] += qi
+                    rk[i, b] = 0
+            # rank of each coordinate's differential (ties go to the later coordinate)
+            for i in range(d):
+                for j in range(i + 1, dp1):
+                    for b in range(nb):
+                        lt = np.int32(
+                            el[i, b] - np.float32(r0[i, b]) < el[j, b] - np.float32(r0[j, b])
+                        )
+                        rk[i, b] += lt
+                        rk[j, b] += 1 - lt
+            # back onto the plane
+            for i in range(dp1):
+                for b in range(nb):
+                    x = rk[i, b] + ssum[b]
+                    wrap = np.int32(x < 0) - np.int32(x > d)
+                    rk[i, b] = x + wrap * dp1
+                    r0[i, b] += wrap * dp1
+            # barycentric coordinates: with vr[m] = the differential of rank d - m
+            # (one per m, rk is a permutation), bary[m] = vr[m] - vr[m - 1] and
+            # bary[0] = vr[0] + 1 - vr[d]; the same roundings as the reference's
+            # scatter (x + 0 is exact)
+            for m in range(dp1):
+                for b in range(nb):
+                    vr[m, b] = 0.0
+            for i in range(dp1):
+                for m in range(dp1):
+                    dm = d - m
+                    for b in range(nb):
+                        vi = (el[i, b] - np.float32(r0[i, b])) * down
+                        vr[m, b] += vi if rk[i, b] == dm else np.float32(0.0)
+            for b in range(nb):
+                e0 = (n * npix + q0 + b) * dp1
+                bary[e0] = np.float32(np.float64(vr[0, b]) + (1.0 + np.float64(-vr[d, b])))
+                for m in range(1, dp1):
+                    bary[e0 + m] = vr[m, b] - vr[m - 1, b]
+            for b in range(nb):
+                p = q0 + b
+                e0 = (n * npix + p) * dp1
+                for i in range(d):
+                    ka[i] = r0[i, b]
+                    kb[i] = rk[i, b]
+                # same simplex as the previous pixel: reuse its vertex ids unhashed
+                if have_prev:
+                    diff = np.int32(0)
+                    for i in range(d):
+                        diff |= (ka[i] ^ prev_a[i]) | (kb[i] ^ prev_b[i])
+                    if diff == 0:
+                        for r in range(dp1):
+                            loc[e0 + r] = loc[prev_e + r]
+                        prev_e = e0
+                        continue
+                have_prev = True
+                for i in range(d):
+                    prev_a[i] = ka[i]
+                    prev_b[i] = kb[i]
+                prev_e = e0
+                # packed key of vertex 0 (the remainder-0 point)
+                pk = np.int64(0)
+                for i in range(d):
+                    f = np.int64(ka[i]) - pbase[i]
+                    if f < 2 * dp1 or f >= plim[i]:
+                        bad = True
+                    pk += f * pu[i]
+                if bad:
+                    break
+                # vertex r+1 = vertex r + (1, ..., 1) - (d+1) e_j, j the coordinate of
+                # rank d - r: the packed key moves by a constant
+                for i in range(dp1):
+                    perm[i] = d
+                for i in range(d):
+                    perm[kb[i]] = i
+                for r in range(dp1):
+                    if r > 0:
+                        j = perm[d - r + 1]
+                        pk += pones - dp1 * pu[j]
+                    h = _pmix(pk)
+                    mask = cap - 1
+                    slot = h & mask
+                    while True:
+                        k0 = table[2 * slot]
+                        if k0 == pk:
+                            lid = table[2 * slot + 1]
+                            break
+                        if k0 < 0:
+                            lid = cnt
+                            table[2 * slot] = pk
+                            table[2 * slot + 1] = lid
+                            hh[ebase + lid] = pk
+                            cnt += 1
+                            break
+                        slot = (slot + 1) & mask
+                    loc[e0 + r] = lid
+                    if 2 * cnt > cap:  # grow: rehash the stored keys
+                        cap *= 2
+                        mask = cap - 1
+                        table = np.full(2 * cap, -1, np.int64)
+                        for q in range(cnt):
+                            a = hh[ebase + q]
+                            slot = _pmix(a) & mask
+                            while table[2 * slot] >= 0:
+                                slot = (slot + 1) & mask
+                            table[2 * slot] = a
+                            table[2 * slot + 1] = q
+        nloc[t] = -1 if bad else cnt
+
+
+@njit(parallel=True, cache=True)
+def _build_merge_packed(npix, dp1, nblk, hh, nloc, loff, table, toff, tcap, lmap, gsrc, vcount):
+    """``_build_merge`` with packed keys (``hh`` = packed key; slots = (key, id) pairs)."""
+    n_img = vcount.shape[0]
+    blk = (npix + nblk - 1) // nblk
+    for n in prange(n_img):
+        base = 2 * toff[n]
+        cap = tcap[n]
+        mask = cap - 1
+        for i in range(2 * cap):
+            table[base + i] = -1
+        gbase = loff[n * nblk]
+        cnt = 0
+        for b in range(nblk):
+            t = n * nblk + b
+            ebase = (n * npix + b * blk) * dp1
+            for lid in range(nloc[t]):
+                src = ebase + lid
+                pk = hh[src]
+                slot = _pmix(pk) & mask
+                while True:
+                    k0 = table[base + 2 * slot]
+                    if k0 == pk:
+                        gid = table[base + 2 * slot + 1]
+                        break
+                    if k0 < 0:
+                        gid = cnt
+                        table[base + 2 * slot] = pk
+                        table[base + 2 * slot + 1] = gid
+                        gsrc[gbase + gid] = src
+                        cnt += 1
+                        break
+                    slot = (slot + 1) & mask
+                lmap[loff[t] + lid] = gid
+        vcount[n] = cnt
+
+
+@njit(cache=True)
+def _find_packed(table, base, cap, pk):
+    """Id of packed key ``pk`` in one image's (key, id) table, or -1."""
+    mask = cap - 1
+    slot = _pmix(pk) & mask
+    while True:
+        k0 = table[base + 2 * slot]
+        if k0 == pk:
+            return table[base + 2 * slot + 1]
+        if k0 < 0:
+            return -1
+        slot = (slot + 1) & mask
+
+
+@njit(parallel=True, cache=True)
+def _build_neighbours_packed(dp1, voff, hh, gsrc, loff, nblk, table, toff, tcap, pu, nbr):
+    """``_build_neighbours`` with packed keys: neighbour key = key -/+ a constant."""
+    d = dp1 - 1
+    n_img = voff.shape[0] - 1
+    nvert = voff[n_img]
+    nchunk = (nvert + _CHUNK - 1) // _CHUNK
+    pones = np.int64(0)
+    for i in range(d):
+        pones += pu[i]
+    for c in prange(nchunk):
+        n = 0
+        for v in range(c * _CHUNK, min(nvert, (c + 1) * _CHUNK)):
+            while voff[n + 1] <= v:
+                n += 1
+            gbase = loff[n * nblk]
+            pk = hh[gsrc[gbase + v - voff[n]]]
+            base = 2 * toff[n]
+            for j in range(dp1):
+                step = pones - dp1 * pu[j]
+                g1 = _find_packed(table, base, tcap[n], pk - step)
+                g2 = _find_packed(table, base, tcap[n], pk + step)
+                nbr[j, v, 0] = nvert if g1 < 0 else voff[n] + g1
+                nbr[j, v, 1] = nvert if g2 < 0 else voff[n] + g2
+
+
 @njit(parallel=True, cache=True)
 def _splat(vals, dp1, nblk, loc, bary, loff, buf):
     """Scatter each pixel's C values into its task's rows of ``buf`` (zeroed here):
@@ -672,6 +947,65 @@ def _scales(d: int) -> np.ndarray:
     return np.array([inv_std / math.sqrt((i + 1) * (i + 2)) for i in range(d)], np.float32)
 
 
+@njit(parallel=True, cache=True)
+def _ranges(f):
+    """Per-dimension minimum and maximum of ``f`` ``(N, P, d)``: ``(2, d)`` float32 (row 0: min)."""
+    n_img, npix, d = f.shape
+    part = np.empty((n_img, 2, d), np.float32)
+    for n in prange(n_img):
+        for i in range(d):
+            part[n, 0, i] = f[n, 0, i]
+            part[n, 1, i] = f[n, 0, i]
+        for p in range(npix):
+            for i in range(d):
+                x = f[n, p, i]
+                part[n, 0, i] = min(part[n, 0, i], x)
+                part[n, 1, i] = max(part[n, 1, i], x)
+    out = part[0].copy()
+    for n in range(1, n_img):
+        for i in range(d):
+            out[0, i] = min(out[0, i], part[n, 0, i])
+            out[1, i] = max(out[1, i], part[n, 1, i])
+    return out
+
+
+def _pack_params(lo: np.ndarray, hi: np.ndarray, scale: np.ndarray) -> tuple | None:
+    """Packing of vertex keys into one int64, or None when they do not fit in ``_PACK_BITS``.
+
+    Bounds each elevated coordinate by interval arithmetic on the per-dimension
+    feature ranges, widened by a margin (rounding, the simplex's vertices and
+    their blur neighbours stay within a few ``d+1`` of it). Coordinate ``i`` of a
+    key is stored as ``(k[i] - pbase[i])`` in its own bit field (``pu[i]`` = the
+    field's unit; ``pu[d] = 0`` for the implicit coordinate). The kernel still
+    checks every remainder-0 point against ``plim`` and falls back if one is out.
+    """
+    d = scale.shape[0]
+    dp1 = d + 1
+    lo = lo.astype(np.float64) * scale.astype(np.float64)
+    hi = hi.astype(np.float64) * scale.astype(np.float64)
+    margin = 4 * dp1 + 4
+    pbase = np.empty(d, np.int64)
+    plim = np.empty(d, np.int64)
+    pu = np.zeros(dp1, np.int64)
+    shift = 0
+    for i in range(d):
+        # el[i] = sum_{k >= i} cf[k] - i * cf[i - 1], cf[k] = f[k] * scale[k]
+        e_lo, e_hi = lo[i:].sum(), hi[i:].sum()
+        if i > 0:
+            e_lo -= i * hi[i - 1]
+            e_hi -= i * lo[i - 1]
+        base = math.floor(e_lo) - margin
+        width = math.ceil(e_hi) + margin - base + 1
+        bits = int(width).bit_length()
+        pbase[i] = base
+        plim[i] = (1 << bits) - 2 * dp1
+        pu[i] = 1 << shift
+        shift += bits
+        if shift > _PACK_BITS:
+            return None
+    return pbase, plim, pu
+
+
 def _pow2_at_least(x: np.ndarray) -> np.ndarray:
     out = np.ones_like(x)
     while True:
@@ -698,7 +1032,9 @@ class NumbaLattice:
         n_img, npix, d = f.shape
         dp1 = d + 1
         scale = _scales(d)
-        fmax = float(np.abs(f).max()) if f.size else 0.0
+        rng = _ranges(f)
+        finite = bool(np.isfinite(rng).all())
+        fmax = float(np.abs(rng).max()) if finite else float(np.abs(f).max())
         if 2.0 * d * fmax * float(scale[0]) + 2 * dp1 >= _MAX_COORD:
             raise ValueError(
                 f"features reach |f| = {fmax:.3g}: lattice coordinates would overflow int32; "
@@ -717,12 +1053,21 @@ class NumbaLattice:
         bary = np.empty(nent, np.float32)
         # worst-case sized, but only the rows of real task-local vertices are
         # ever written (untouched pages of a large np.empty cost no memory)
-        gk = np.empty((nent, d), np.int32)
         hh = np.empty(nent, np.int64)
         nloc = np.zeros(ntask, np.int32)
-        sk = np.empty((n_img * npix, 2 * d), np.int32)  # simplex keys (touched rows only)
-        _build_local(f, scale, nblk, loc, bary, gk, hh, nloc, sk)
-        del sk
+        pack = _pack_params(rng[0], rng[1], scale) if finite else None
+        if pack is not None:
+            pbase, plim, pu = pack
+            _build_local_packed(f, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu)
+            if (nloc < 0).any():  # a key out of the packable range: full keys
+                pack = None
+        if pack is None:
+            gk = np.empty((nent, d), np.int32)
+            sk = np.empty((n_img * npix, 2 * d), np.int32)  # simplex keys (touched rows only)
+            _build_local(f, scale, nblk, loc, bary, gk, hh, nloc, sk)
+            del sk
+        #: Whether vertex keys were packed into one int64 (diagnostics/tests).
+        self.packed = pack is not None
         clock.append(time.perf_counter())
 
         loff = np.zeros(ntask + 1, np.int64)
@@ -732,11 +1077,17 @@ class NumbaLattice:
         tcap = _pow2_at_least(np.maximum(2 * per_img, 16))
         toff = np.zeros(n_img + 1, np.int64)
         np.cumsum(tcap, out=toff[1:])
-        table = np.empty(int(toff[-1]), np.int64)
         lmap = np.empty(nslot, np.int32)
         gsrc = np.empty(nslot, np.int64)
         vcount = np.zeros(n_img, np.int64)
-        _build_merge(npix, dp1, nblk, gk, hh, nloc, loff, table, toff, tcap, lmap, gsrc, vcount)
+        if self.packed:
+            table = np.empty(2 * int(toff[-1]), np.int64)
+            _build_merge_packed(
+                npix, dp1, nblk, hh, nloc, loff, table, toff, tcap, lmap, gsrc, vcount
+            )
+        else:
+            table = np.empty(int(toff[-1]), np.int64)
+            _build_merge(npix, dp1, nblk, gk, hh, nloc, loff, table, toff, tcap, lmap, gsrc, vcount)
         clock.append(time.perf_counter())
 
         voff = np.zeros(n_img + 1, np.int64)
@@ -753,8 +1104,12 @@ class NumbaLattice:
         clock.append(time.perf_counter())
 
         nbr = np.empty((dp1, nvert, 2), np.int32)
-        _build_neighbours(dp1, voff, gk, hh, gsrc, loff, nblk, table, toff, tcap, nbr)
-        del gk, hh, table, gsrc
+        if self.packed:
+            _build_neighbours_packed(dp1, voff, hh, gsrc, loff, nblk, table, toff, tcap, pu, nbr)
+        else:
+            _build_neighbours(dp1, voff, gk, hh, gsrc, loff, nblk, table, toff, tcap, nbr)
+            del gk
+        del hh, table, gsrc
         clock.append(time.perf_counter())
 
         if not self.direct:
