@@ -168,6 +168,80 @@ def _hash2(a, b, d):
     return h
 
 
+@njit(cache=True)
+def _embed_block(feats, scale, n, q0, nb, npix, el, r0, rk, sm, ssum, vr, bary):
+    """Embed pixels ``q0 .. q0+nb`` of image ``n`` into the lattice (one block).
+
+    Writes the rounded remainder-0 point ``r0``, the ranks ``rk`` (both
+    ``(d+1, nb)``) and the pixels' barycentric weights into ``bary``; ``el``,
+    ``sm``, ``ssum`` and ``vr`` are scratch. Shared by both build kernels so
+    that the packed and the full-key paths embed bit for bit alike.
+    """
+    d = feats.shape[2]
+    dp1 = d + 1
+    down = np.float32(1.0 / dp1)
+    upf = np.float32(dp1)
+    # elevate onto the hyperplane sum(x) = 0 in R^(d+1)
+    for b in range(nb):
+        sm[b] = 0.0
+        ssum[b] = 0
+    for j in range(d, 0, -1):
+        sc = scale[j - 1]
+        fj = np.float32(j)
+        for b in range(nb):
+            cf = feats[n, q0 + b, j - 1] * sc
+            el[j, b] = sm[b] - fj * cf
+            sm[b] += cf
+    for b in range(nb):
+        el[0, b] = sm[b]
+    # nearest remainder-0 point (branch-free, so that it vectorises)
+    for i in range(dp1):
+        for b in range(nb):
+            e = el[i, b]
+            v = down * e
+            cv = np.float32(np.ceil(v))
+            fv = np.float32(np.floor(v))
+            up = np.int32(cv * upf - e < e - fv * upf)
+            qi = np.int32(fv) + up * (np.int32(cv) - np.int32(fv))
+            r0[i, b] = qi * dp1
+            ssum[b] += qi
+            rk[i, b] = 0
+    # rank of each coordinate's differential (ties go to the later coordinate)
+    for i in range(d):
+        for j in range(i + 1, dp1):
+            for b in range(nb):
+                lt = np.int32(
+                    el[i, b] - np.float32(r0[i, b]) < el[j, b] - np.float32(r0[j, b])
+                )
+                rk[i, b] += lt
+                rk[j, b] += 1 - lt
+    # back onto the plane
+    for i in range(dp1):
+        for b in range(nb):
+            x = rk[i, b] + ssum[b]
+            wrap = np.int32(x < 0) - np.int32(x > d)
+            rk[i, b] = x + wrap * dp1
+            r0[i, b] += wrap * dp1
+    # barycentric coordinates: with vr[m] = the differential of rank d - m
+    # (one per m, rk is a permutation), bary[m] = vr[m] - vr[m - 1] and
+    # bary[0] = vr[0] + 1 - vr[d]; the same roundings as the reference's
+    # scatter (x + 0 is exact)
+    for m in range(dp1):
+        for b in range(nb):
+            vr[m, b] = 0.0
+    for i in range(dp1):
+        for m in range(dp1):
+            dm = d - m
+            for b in range(nb):
+                vi = (el[i, b] - np.float32(r0[i, b])) * down
+                vr[m, b] += vi if rk[i, b] == dm else np.float32(0.0)
+    for b in range(nb):
+        e0 = (n * npix + q0 + b) * dp1
+        bary[e0] = np.float32(np.float64(vr[0, b]) + (1.0 + np.float64(-vr[d, b])))
+        for m in range(1, dp1):
+            bary[e0 + m] = vr[m, b] - vr[m - 1, b]
+
+
 @njit(parallel=True, cache=True)
 def _build_local(feats, scale, nblk, loc, bary, gk, hh, nloc, sk):
     """Embed every pixel and dedupe its vertices per task.
@@ -188,8 +262,6 @@ def _build_local(feats, scale, nblk, loc, bary, gk, hh, nloc, sk):
     dp1 = d + 1
     ntask = n_img * nblk
     blk = (npix + nblk - 1) // nblk
-    down = np.float32(1.0 / dp1)
-    upf = np.float32(dp1)
     nb_max = _EMBED
     for t in prange(ntask):
         n = t // nblk
@@ -222,65 +294,7 @@ def _build_local(feats, scale, nblk, loc, bary, gk, hh, nloc, sk):
         scnt = 0
         for q0 in range(p0, p1, nb_max):
             nb = min(nb_max, p1 - q0)
-            # elevate onto the hyperplane sum(x) = 0 in R^(d+1)
-            for b in range(nb):
-                sm[b] = 0.0
-                ssum[b] = 0
-            for j in range(d, 0, -1):
-                sc = scale[j - 1]
-                fj = np.float32(j)
-                for b in range(nb):
-                    cf = feats[n, q0 + b, j - 1] * sc
-                    el[j, b] = sm[b] - fj * cf
-                    sm[b] += cf
-            for b in range(nb):
-                el[0, b] = sm[b]
-            # nearest remainder-0 point (branch-free, so that it vectorises)
-            for i in range(dp1):
-                for b in range(nb):
-                    e = el[i, b]
-                    v = down * e
-                    cv = np.float32(np.ceil(v))
-                    fv = np.float32(np.floor(v))
-                    up = np.int32(cv * upf - e < e - fv * upf)
-                    qi = np.int32(fv) + up * (np.int32(cv) - np.int32(fv))
-                    r0[i, b] = qi * dp1
-                    ssum[b] += qi
-                    rk[i, b] = 0
-            # rank of each coordinate's differential (ties go to the later coordinate)
-            for i in range(d):
-                for j in range(i + 1, dp1):
-                    for b in range(nb):
-                        lt = np.int32(
-                            el[i, b] - np.float32(r0[i, b]) < el[j, b] - np.float32(r0[j, b])
-                        )
-                        rk[i, b] += lt
-                        rk[j, b] += 1 - lt
-            # back onto the plane
-            for i in range(dp1):
-                for b in range(nb):
-                    x = rk[i, b] + ssum[b]
-                    wrap = np.int32(x < 0) - np.int32(x > d)
-                    rk[i, b] = x + wrap * dp1
-                    r0[i, b] += wrap * dp1
-            # barycentric coordinates: with vr[m] = the differential of rank d - m
-            # (one per m, rk is a permutation), bary[m] = vr[m] - vr[m - 1] and
-            # bary[0] = vr[0] + 1 - vr[d]; the same roundings as the reference's
-            # scatter (x + 0 is exact)
-            for m in range(dp1):
-                for b in range(nb):
-                    vr[m, b] = 0.0
-            for i in range(dp1):
-                for m in range(dp1):
-                    dm = d - m
-                    for b in range(nb):
-                        vi = (el[i, b] - np.float32(r0[i, b])) * down
-                        vr[m, b] += vi if rk[i, b] == dm else np.float32(0.0)
-            for b in range(nb):
-                e0 = (n * npix + q0 + b) * dp1
-                bary[e0] = np.float32(np.float64(vr[0, b]) + (1.0 + np.float64(-vr[d, b])))
-                for m in range(1, dp1):
-                    bary[e0 + m] = vr[m, b] - vr[m - 1, b]
+            _embed_block(feats, scale, n, q0, nb, npix, el, r0, rk, sm, ssum, vr, bary)
             for b in range(nb):
                 p = q0 + b
                 e0 = (n * npix + p) * dp1
@@ -574,8 +588,6 @@ def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu
     dp1 = d + 1
     ntask = n_img * nblk
     blk = (npix + nblk - 1) // nblk
-    down = np.float32(1.0 / dp1)
-    upf = np.float32(dp1)
     nb_max = _EMBED
     for t in prange(ntask):
         n = t // nblk
@@ -606,65 +618,7 @@ def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu
             if bad:
                 break
             nb = min(nb_max, p1 - q0)
-            # elevate onto the hyperplane sum(x) = 0 in R^(d+1)
-            for b in range(nb):
-                sm[b] = 0.0
-                ssum[b] = 0
-            for j in range(d, 0, -1):
-                sc = scale[j - 1]
-                fj = np.float32(j)
-                for b in range(nb):
-                    cf = feats[n, q0 + b, j - 1] * sc
-                    el[j, b] = sm[b] - fj * cf
-                    sm[b] += cf
-            for b in range(nb):
-                el[0, b] = sm[b]
-            # nearest remainder-0 point (branch-free, so that it vectorises)
-            for i in range(dp1):
-                for b in range(nb):
-                    e = el[i, b]
-                    v = down * e
-                    cv = np.float32(np.ceil(v))
-                    fv = np.float32(np.floor(v))
-                    up = np.int32(cv * upf - e < e - fv * upf)
-                    qi = np.int32(fv) + up * (np.int32(cv) - np.int32(fv))
-                    r0[i, b] = qi * dp1
-                    ssum[b] += qi
-                    rk[i, b] = 0
-            # rank of each coordinate's differential (ties go to the later coordinate)
-            for i in range(d):
-                for j in range(i + 1, dp1):
-                    for b in range(nb):
-                        lt = np.int32(
-                            el[i, b] - np.float32(r0[i, b]) < el[j, b] - np.float32(r0[j, b])
-                        )
-                        rk[i, b] += lt
-                        rk[j, b] += 1 - lt
-            # back onto the plane
-            for i in range(dp1):
-                for b in range(nb):
-                    x = rk[i, b] + ssum[b]
-                    wrap = np.int32(x < 0) - np.int32(x > d)
-                    rk[i, b] = x + wrap * dp1
-                    r0[i, b] += wrap * dp1
-            # barycentric coordinates: with vr[m] = the differential of rank d - m
-            # (one per m, rk is a permutation), bary[m] = vr[m] - vr[m - 1] and
-            # bary[0] = vr[0] + 1 - vr[d]; the same roundings as the reference's
-            # scatter (x + 0 is exact)
-            for m in range(dp1):
-                for b in range(nb):
-                    vr[m, b] = 0.0
-            for i in range(dp1):
-                for m in range(dp1):
-                    dm = d - m
-                    for b in range(nb):
-                        vi = (el[i, b] - np.float32(r0[i, b])) * down
-                        vr[m, b] += vi if rk[i, b] == dm else np.float32(0.0)
-            for b in range(nb):
-                e0 = (n * npix + q0 + b) * dp1
-                bary[e0] = np.float32(np.float64(vr[0, b]) + (1.0 + np.float64(-vr[d, b])))
-                for m in range(1, dp1):
-                    bary[e0 + m] = vr[m, b] - vr[m - 1, b]
+            _embed_block(feats, scale, n, q0, nb, npix, el, r0, rk, sm, ssum, vr, bary)
             for b in range(nb):
                 p = q0 + b
                 e0 = (n * npix + p) * dp1
