@@ -147,14 +147,13 @@ def load_weights(model: nn.Module, checkpoint: str | Path) -> None:
     """
     state, _ = read_checkpoint(checkpoint)
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
+    from rloss.train.models import state_dict_mismatch
+
+    mismatch = state_dict_mismatch(own, state)
+    if mismatch:
         raise ValueError(
             f"init_from: checkpoint {str(checkpoint)!r} does not fit this model: "
-            f"missing keys {missing[:4]}, unexpected keys {unexpected[:4]}, "
-            f"shape mismatches {shapes[:4]} (same model.arch/encoder/num_classes needed)"
+            f"{mismatch} (same model.arch/encoder/num_classes needed)"
         )
     model.load_state_dict(state)
 

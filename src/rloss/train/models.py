@@ -117,6 +117,22 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def state_dict_mismatch(own: Mapping[str, Any], state: Mapping[str, Any], limit: int = 5) -> str:
+    """Why ``state`` cannot be loaded into a module whose state dict is ``own`` ("" if it can).
+
+    Names up to ``limit`` missing keys, unexpected keys and shape mismatches.
+    """
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if not (missing or unexpected or bad_shape):
+        return ""
+    return (
+        f"missing keys {missing[:limit]}, unexpected keys {unexpected[:limit]}, "
+        f"shape mismatches {bad_shape[:limit]}"
+    )
+
+
 def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
     """Load an ImageNet backbone state dict from ``path`` into ``module``.
 
@@ -129,14 +145,11 @@ def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
     state = load_state_dict_file(path)
     own = module.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(_CLASSIFIER_PREFIXES)}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or bad_shape:
+    mismatch = state_dict_mismatch(own, state)
+    if mismatch:
         raise ValueError(
             f"weights file {str(path)!r} does not fit the {type(module).__name__} backbone: "
-            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, "
-            f"shape mismatches {bad_shape[:5]}"
+            f"{mismatch}"
         )
     module.load_state_dict(state)
 
