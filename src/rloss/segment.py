@@ -223,21 +223,19 @@ class PottsOnImage:
         feats = bilateral_features(image.detach().float(), sigma_rgb, sigma_xy)
         self.lattice = Lattice(feats, backend=backend)
         self.shape = tuple(image.shape[2:])
-        ones = torch.ones(1, 1, *self.shape, device=image.device)
-        self.w_one = self.lattice.filter(ones)  # (1, 1, h, w) = W 1
-        self.volume = float(self.w_one.sum()) if normalize else 1.0
+        self.normalize = bool(normalize)
         self.weight = float(weight)
 
     def __call__(self, probs: Any) -> Any:
         """Weighted energy of ``probs`` ``(1, K, h, w)`` (softmax), differentiable in ``probs``."""
+        from rloss.losses.densecrf import lattice_energy
+
         if tuple(probs.shape[2:]) != self.shape or probs.shape[0] != 1:
             raise ValueError(
                 f"probs: want shape (1, K, {self.shape[0]}, {self.shape[1]}), "
                 f"got {tuple(probs.shape)}"
             )
-        ws = self.lattice.filter(probs.float())
-        energy = (probs * (self.w_one - ws)).sum()
-        return self.weight * energy / self.volume
+        return self.weight * lattice_energy(self.lattice, probs, normalize=self.normalize)
 
 
 class _TinyNet:

@@ -164,26 +164,37 @@ def test_gradient_wrt_probs_is_analytic_formula():
     torch.testing.assert_close(centred, reference - reference.mean(1, keepdim=True))
 
 
-def test_one_lattice_build_and_one_filter_per_forward_backward(monkeypatch):
+@pytest.mark.parametrize(
+    ("backend", "impl", "method"),
+    [("exact", "rloss.lattice.exact.ExactLattice", "apply"),
+     ("numba", "rloss.lattice._numba.NumbaLattice", "_splat_blur"),
+     ("torch", "rloss.lattice._torch.TorchLattice", "apply")],
+)  # fmt: skip
+def test_one_lattice_build_and_one_filter_per_forward_backward(monkeypatch, backend, impl, method):
+    """One build and one filtering pass (K + 1 channels) serve forward and backward."""
+    import importlib
+
     import rloss.losses.densecrf as mod
 
-    builds, filters = [], []
-    real_init, real_filter = Lattice.__init__, Lattice.filter
+    module_name, cls_name = impl.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    builds, passes = [], []
+    real_init, real_pass = Lattice.__init__, getattr(cls, method)
 
     def counting_init(self, *a, **kw):
         builds.append(1)
         real_init(self, *a, **kw)
 
-    def counting_filter(self, *a, **kw):
-        filters.append(1)
-        return real_filter(self, *a, **kw)
+    def counting_pass(self, *a, **kw):
+        passes.append(1)
+        return real_pass(self, *a, **kw)
 
     monkeypatch.setattr(mod.Lattice, "__init__", counting_init)
-    monkeypatch.setattr(mod.Lattice, "filter", counting_filter)
+    monkeypatch.setattr(cls, method, counting_pass)
     logits = _logits(1, 4, 8, 8, dtype=torch.float32).requires_grad_()
-    loss = densecrf_loss(_image(1, 8, 8), logits.softmax(1), weight=1.0, backend="exact")
+    loss = densecrf_loss(_image(1, 8, 8), logits.softmax(1), weight=1.0, backend=backend)
     loss.backward()
-    assert len(builds) == 1 and len(filters) == 1
+    assert len(builds) == 1 and len(passes) == 1
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
 
 
@@ -352,3 +363,21 @@ def test_no_grad_and_grayscale_guidance():
     with torch.no_grad():
         loss = densecrf_loss(image, probs, weight=1.0, backend="exact")
     assert float(loss) > 0
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_lattice_energy_equals_the_loss(normalize):
+    """A prebuilt lattice gives the loss's value and gradient (weight 1)."""
+    from rloss.lattice import bilateral_features
+    from rloss.losses.densecrf import lattice_energy
+
+    image, roi = _image(2, 12, 16), _roi(2, 12, 16)
+    logits = _logits(2, 3, 12, 16, dtype=torch.float64)
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    want = densecrf_loss(image, a.softmax(1), roi, weight=1.0, sigma_xy=6.0, normalize=normalize)
+    lat = Lattice(bilateral_features(image, 15.0, 6.0))
+    got = lattice_energy(lat, b.softmax(1), roi, normalize=normalize)
+    torch.testing.assert_close(got, want)
+    want.backward()
+    got.backward()
+    torch.testing.assert_close(b.grad, a.grad)

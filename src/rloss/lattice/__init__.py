@@ -244,6 +244,89 @@ class Lattice:
             _check_finite("values", values)
         return _FilterFunction.apply(self, values)
 
+    def potts(
+        self,
+        probs: Tensor,
+        roi: Tensor | None = None,
+        *,
+        normalize: bool = False,
+        grad_scale: float | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        r"""Relaxed Potts energy per image and its gradient, from one filtering pass.
+
+        With ``S̃ = probs ⊙ roi``::
+
+            E_n = Σ_k S̃_nkᵀ W (roi_n − S̃_nk)          (÷ roi_nᵀ W roi_n if normalize)
+            G   = grad_scale · ∂E_n/∂probs = grad_scale · roi ⊙ (W roi − 2 W S̃)  (÷ ...)
+
+        (the gradient treats ``W`` as symmetric, as :meth:`filter`'s backward
+        does). ``[S̃, roi]`` is filtered once, ``K + 1`` channels. The numba
+        backend fuses the whole computation into its splat and slice kernels,
+        so no ``(N, K + 1, ...)`` intermediate is ever formed; the other
+        backends compute it from :meth:`filter`'s output. Not differentiable
+        itself: the caller wires ``G`` into autograd (see
+        :func:`rloss.losses.densecrf_loss`).
+
+        Args:
+            probs: ``(N, K, *spatial)`` float32 or float64 probabilities.
+            roi: ``(N, *spatial)`` weights of the same dtype, or ``None`` (ones).
+            normalize: divide each image's energy (and gradient) by ``roiᵀ W roi``
+                (floored at the dtype's smallest normal number).
+            grad_scale: the factor of ``G``; ``None`` computes no gradient.
+
+        Returns:
+            ``(E (N,), G (N, K, *spatial) or None)`` in ``probs``'s dtype.
+        """
+        self._check_values(probs)
+        if probs.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"probs must be float32 or float64, got {probs.dtype}")
+        n, k = probs.shape[:2]
+        if roi is None:
+            roi = torch.ones(n, *self.spatial, dtype=probs.dtype, device=probs.device)
+        elif tuple(roi.shape) != (n, *self.spatial) or roi.dtype != probs.dtype:
+            raise ValueError(
+                f"roi must have shape {(n, *self.spatial)} and dtype {probs.dtype}, "
+                f"got {tuple(roi.shape)} {roi.dtype}"
+            )
+        fused = getattr(self._impl, "potts", None)
+        if fused is not None:
+            energy, grad = fused(
+                probs.reshape(n, k, self.num_pixels),
+                roi.reshape(n, self.num_pixels),
+                bool(normalize),
+                grad_scale,
+            )
+            return energy, None if grad is None else grad.reshape(probs.shape)
+        return self._potts_by_filter(probs, roi, bool(normalize), grad_scale)
+
+    def _potts_by_filter(
+        self, probs: Tensor, roi: Tensor, normalize: bool, grad_scale: float | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`potts` from :meth:`filter`'s output (any backend)."""
+        n, k = probs.shape[:2]
+        r = roi.unsqueeze(1)
+        # [S̃, roi] written straight into the filter input (no torch.cat temporary)
+        vals = torch.empty(n, k + 1, *self.spatial, dtype=probs.dtype, device=probs.device)
+        s = torch.mul(probs, r, out=vals[:, :k])
+        vals[:, k] = roi
+        filt = self._apply(vals)  # a fresh tensor owned here: reused in place below
+        ws, wr = filt[:, :k], filt[:, k:]
+        diff = torch.sub(wr, ws, out=ws)  # W roi − W S̃, in place of W S̃
+        s_rows, d_rows = s.reshape(n, -1), diff.reshape(n, -1)
+        # one BLAS dot per image (bmm/einsum take a slow path for these shapes)
+        energy = torch.stack([torch.dot(s_rows[i], d_rows[i]) for i in range(n)])
+        coef = torch.full((n,), float(grad_scale or 0.0), dtype=probs.dtype, device=probs.device)
+        if normalize:
+            volume = (r * wr).reshape(n, -1).sum(1).clamp_min(torch.finfo(probs.dtype).tiny)
+            energy = energy / volume
+            coef = coef / volume
+        if grad_scale is None:
+            return energy, None
+        # W roi − 2 W S̃ = 2 diff − W roi, in place (a view of ``filt``)
+        scale = r * coef.view(n, *([1] * (r.dim() - 1)))
+        grad = diff.mul_(2.0).sub_(wr).mul_(scale)
+        return energy, grad
+
 
 def gaussian_filter(features: Tensor, values: Tensor, backend: str | None = None) -> Tensor:
     """One-off filtering: ``Lattice(features, backend).filter(values)``.

@@ -51,6 +51,16 @@ or channels in Python):
   cache, so both the tensor and the lattice rows are read and written
   contiguously. Blur and slice are parallel over vertices and pixels.
 
+* **Potts** (:meth:`NumbaLattice.potts`, behind
+  :meth:`rloss.lattice.Lattice.potts` and the DenseCRF loss): the splat reads
+  ``probs`` and ``roi`` and forms the ``K + 1`` channels ``[probs * roi, roi]``
+  tile by tile, and the slice contracts ``[W S, W roi]`` straight into the
+  per-image energy and the gradient. No ``(N, K + 1, P)`` tensor is written
+  and no elementwise pass over one follows.
+* **Memory**: large arrays come from :mod:`rloss.lattice._pool`, which reuses
+  the memory of arrays nothing refers to any more, so that a training step
+  does not page-fault its way through some 200 MB of fresh memory.
+
 Kernels are compiled with ``cache=True``: the first call in a new process
 loads them from numba's on-disk cache instead of compiling.
 """
@@ -65,6 +75,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 from torch import Tensor
+
+from rloss.lattice import _pool
 
 __all__ = ["NumbaLattice", "build"]
 
@@ -676,7 +688,7 @@ def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu
                             break
                         slot = (slot + 1) & mask
                     loc[e0 + r] = lid
-                    if 2 * cnt > cap:  # grow: rehash the stored keys
+                    if 4 * cnt > cap:  # grow: rehash the stored keys (load <= 1/4)
                         cap *= 2
                         mask = cap - 1
                         table = np.full(2 * cap, -1, np.int64)
@@ -767,6 +779,20 @@ def _build_neighbours_packed(dp1, voff, hh, gsrc, loff, nblk, table, toff, tcap,
                 nbr[j, v, 1] = nvert if g2 < 0 else voff[n] + g2
 
 
+@njit(cache=True)
+def _scatter_tile(tmp, nb, e_first, dp1, lo, loc, bary, buf):
+    """Add the ``(nb, C)`` tile ``tmp`` (pixels from entry ``e_first`` on) to the
+    rows ``lo + loc[e]`` of ``buf``, weighted (class index innermost, vectorised)."""
+    nch = tmp.shape[1]
+    for b in range(nb):
+        e0 = e_first + b * dp1
+        for r in range(dp1):
+            s = lo + loc[e0 + r]
+            w = bary[e0 + r]
+            for k in range(nch):
+                buf[s, k] += w * tmp[b, k]
+
+
 @njit(parallel=True, cache=True)
 def _splat(vals, dp1, nblk, loc, bary, loff, buf):
     """Scatter each pixel's C values into its task's rows of ``buf`` (zeroed here):
@@ -784,22 +810,42 @@ def _splat(vals, dp1, nblk, loc, bary, loff, buf):
         p0 = (t % nblk) * blk
         p1 = min(npix, p0 + blk)
         lo = loff[t]
-        for s in range(lo, loff[t + 1]):
-            for k in range(nch):
-                buf[s, k] = 0.0
+        buf[lo : loff[t + 1]] = 0.0
         tmp = np.empty((_TILE, nch), vals.dtype)
         for q0 in range(p0, p1, _TILE):
             nb = min(_TILE, p1 - q0)
             for k in range(nch):
                 for b in range(nb):
                     tmp[b, k] = vals[n, k, q0 + b]
+            _scatter_tile(tmp, nb, (n * npix + q0) * dp1, dp1, lo, loc, bary, buf)
+
+
+@njit(parallel=True, cache=True)
+def _splat_masked(probs, roi, dp1, nblk, loc, bary, loff, buf):
+    """``_splat`` of the ``K + 1`` channels ``[probs * roi, roi]`` without forming them.
+
+    ``probs`` is ``(N, K, P)``, ``roi`` ``(N, P)``; the products are those the
+    caller would compute (same rounding), so the result equals ``_splat`` of the
+    concatenation bit for bit.
+    """
+    _, k, npix = probs.shape
+    ntask = loff.shape[0] - 1
+    blk = (npix + nblk - 1) // nblk
+    for t in prange(ntask):
+        n = t // nblk
+        p0 = (t % nblk) * blk
+        p1 = min(npix, p0 + blk)
+        lo = loff[t]
+        buf[lo : loff[t + 1]] = 0.0
+        tmp = np.empty((_TILE, k + 1), probs.dtype)
+        for q0 in range(p0, p1, _TILE):
+            nb = min(_TILE, p1 - q0)
             for b in range(nb):
-                e0 = (n * npix + q0 + b) * dp1
-                for r in range(dp1):
-                    s = lo + loc[e0 + r]
-                    w = bary[e0 + r]
-                    for k in range(nch):
-                        buf[s, k] += w * tmp[b, k]
+                tmp[b, k] = roi[n, q0 + b]
+            for c in range(k):
+                for b in range(nb):
+                    tmp[b, c] = probs[n, c, q0 + b] * tmp[b, k]
+            _scatter_tile(tmp, nb, (n * npix + q0) * dp1, dp1, lo, loc, bary, buf)
 
 
 @njit(parallel=True, cache=True)
@@ -844,6 +890,24 @@ def _blur(a, b, nbr, half):
     return dp1 % 2
 
 
+@njit(cache=True)
+def _gather_tile(lat, nb, e_first, dp1, ob, off, bary, alpha, acc):
+    """``acc[b, :] = sum_r (alpha * bary) * lat[ob + off[e], :]`` for the ``nb`` pixels
+    whose entries start at ``e_first`` (class index innermost, vectorised)."""
+    nch = acc.shape[1]
+    for b in range(nb):
+        e0 = e_first + b * dp1
+        v = ob + off[e0]
+        w = bary[e0] * alpha
+        for k in range(nch):
+            acc[b, k] = w * lat[v, k]
+        for r in range(1, dp1):
+            v = ob + off[e0 + r]
+            w = bary[e0 + r] * alpha
+            for k in range(nch):
+                acc[b, k] += w * lat[v, k]
+
+
 @njit(parallel=True, cache=True)
 def _slice(lat, dp1, nblk, off, obase, bary, alpha, out):
     """``out[n, :, p] = sum_r (alpha * bary) * lat[vertex_r]``, ``vertex_r = obase[t] + off[e]``.
@@ -863,20 +927,67 @@ def _slice(lat, dp1, nblk, off, obase, bary, alpha, out):
         acc = np.empty((_TILE, nch), out.dtype)
         for q0 in range(p0, p1, _TILE):
             nb = min(_TILE, p1 - q0)
-            for b in range(nb):
-                e0 = (n * npix + q0 + b) * dp1
-                v = ob + off[e0]
-                w = bary[e0] * alpha
-                for k in range(nch):
-                    acc[b, k] = w * lat[v, k]
-                for r in range(1, dp1):
-                    v = ob + off[e0 + r]
-                    w = bary[e0 + r] * alpha
-                    for k in range(nch):
-                        acc[b, k] += w * lat[v, k]
+            _gather_tile(lat, nb, (n * npix + q0) * dp1, dp1, ob, off, bary, alpha, acc)
             for k in range(nch):
                 for b in range(nb):
                     out[n, k, q0 + b] = acc[b, k]
+
+
+@njit(parallel=True, cache=True)
+def _slice_channel_dot(lat, ch, dp1, nblk, off, obase, bary, alpha, roi, part):
+    """``part[t] = sum_p roi[p] * (W v)[ch, p]`` over task ``t``'s pixels (float64)."""
+    n_img, npix = roi.shape
+    ntask = n_img * nblk
+    blk = (npix + nblk - 1) // nblk
+    for t in prange(ntask):
+        n = t // nblk
+        p0 = (t % nblk) * blk
+        p1 = min(npix, p0 + blk)
+        ob = obase[t]
+        total = 0.0
+        for p in range(p0, p1):
+            e0 = (n * npix + p) * dp1
+            x = bary[e0] * alpha * lat[ob + off[e0], ch]
+            for r in range(1, dp1):
+                x += bary[e0 + r] * alpha * lat[ob + off[e0 + r], ch]
+            total += roi[n, p] * x
+        part[t] = total
+
+
+@njit(parallel=True, cache=True)
+def _slice_potts(lat, dp1, nblk, off, obase, bary, alpha, probs, roi, coef, want, grad, part):
+    """Slice ``[W S, W roi]`` and contract it on the fly (no ``(N, K+1, P)`` output).
+
+    With ``S = probs * roi``, per pixel: ``e = sum_k S_k (W roi - (W S)_k)`` is
+    summed into ``part[t]`` (float64 per tile), and when ``want`` the gradient
+    ``grad[n, k, p] = coef[n] * roi_p * ((W roi)_p - 2 (W S)_kp)`` is written.
+    """
+    n_img, k, npix = probs.shape
+    ntask = n_img * nblk
+    blk = (npix + nblk - 1) // nblk
+    two = probs.dtype.type(2.0)
+    for t in prange(ntask):
+        n = t // nblk
+        p0 = (t % nblk) * blk
+        p1 = min(npix, p0 + blk)
+        ob = obase[t]
+        c = coef[n]
+        acc = np.empty((_TILE, k + 1), probs.dtype)
+        total = 0.0
+        for q0 in range(p0, p1, _TILE):
+            nb = min(_TILE, p1 - q0)
+            _gather_tile(lat, nb, (n * npix + q0) * dp1, dp1, ob, off, bary, alpha, acc)
+            tile = probs.dtype.type(0.0)
+            for j in range(k):
+                for b in range(nb):
+                    r = roi[n, q0 + b]
+                    wr = acc[b, k]
+                    ws = acc[b, j]
+                    tile += probs[n, j, q0 + b] * r * (wr - ws)
+                    if want:
+                        grad[n, j, q0 + b] = c * r * (wr - two * ws)
+            total += tile
+        part[t] = total
 
 
 class _Threads:
@@ -1003,11 +1114,11 @@ class NumbaLattice:
         clock = [time.perf_counter()]
         nblk = _blocks_per_image(n_img, npix)
         ntask = n_img * nblk
-        loc = np.empty(nent, np.int32)
-        bary = np.empty(nent, np.float32)
+        loc = _pool.empty(nent, np.int32)
+        bary = _pool.empty(nent, np.float32)
         # worst-case sized, but only the rows of real task-local vertices are
         # ever written (untouched pages of a large np.empty cost no memory)
-        hh = np.empty(nent, np.int64)
+        hh = _pool.empty(nent, np.int64)
         nloc = np.zeros(ntask, np.int32)
         pack = _pack_params(rng[0], rng[1], scale) if finite else None
         if pack is not None:
@@ -1016,8 +1127,8 @@ class NumbaLattice:
             if (nloc < 0).any():  # a key out of the packable range: full keys
                 pack = None
         if pack is None:
-            gk = np.empty((nent, d), np.int32)
-            sk = np.empty((n_img * npix, 2 * d), np.int32)  # simplex keys (touched rows only)
+            gk = _pool.empty((nent, d), np.int32)
+            sk = _pool.empty((n_img * npix, 2 * d), np.int32)  # simplex keys (touched rows only)
             _build_local(f, scale, nblk, loc, bary, gk, hh, nloc, sk)
             del sk
         #: Whether vertex keys were packed into one int64 (diagnostics/tests).
@@ -1028,19 +1139,19 @@ class NumbaLattice:
         np.cumsum(nloc, out=loff[1:])
         nslot = int(loff[-1])
         per_img = loff[nblk::nblk] - loff[:-1:nblk]
-        tcap = _pow2_at_least(np.maximum(2 * per_img, 16))
+        tcap = _pow2_at_least(np.maximum(4 * per_img, 16))
         toff = np.zeros(n_img + 1, np.int64)
         np.cumsum(tcap, out=toff[1:])
-        lmap = np.empty(nslot, np.int32)
-        gsrc = np.empty(nslot, np.int64)
+        lmap = _pool.empty(nslot, np.int32)
+        gsrc = _pool.empty(nslot, np.int64)
         vcount = np.zeros(n_img, np.int64)
         if self.packed:
-            table = np.empty(2 * int(toff[-1]), np.int64)
+            table = _pool.empty(2 * int(toff[-1]), np.int64)
             _build_merge_packed(
                 npix, dp1, nblk, hh, nloc, loff, table, toff, tcap, lmap, gsrc, vcount
             )
         else:
-            table = np.empty(int(toff[-1]), np.int64)
+            table = _pool.empty(int(toff[-1]), np.int64)
             _build_merge(npix, dp1, nblk, gk, hh, nloc, loff, table, toff, tcap, lmap, gsrc, vcount)
         clock.append(time.perf_counter())
 
@@ -1053,11 +1164,11 @@ class NumbaLattice:
             # order, so the global vertex is the task's first slot + the local id
             off, obase = loc, loff[:-1]
         else:
-            off, obase = np.empty(nent, np.int32), np.zeros(ntask, np.int64)
+            off, obase = _pool.empty(nent, np.int32), np.zeros(ntask, np.int64)
             _build_offsets(npix, dp1, nblk, loc, loff, lmap, voff, off)
         clock.append(time.perf_counter())
 
-        nbr = np.empty((dp1, nvert, 2), np.int32)
+        nbr = _pool.empty((dp1, nvert, 2), np.int32)
         if self.packed:
             _build_neighbours_packed(dp1, voff, hh, gsrc, loff, nblk, table, toff, tcap, pu, nbr)
         else:
@@ -1068,7 +1179,7 @@ class NumbaLattice:
 
         if not self.direct:
             self.ptr = np.zeros(nvert + 1, np.int64)
-            self.idx = np.empty(nslot, np.int32)
+            self.idx = _pool.empty(nslot, np.int32)
             _build_csr(nblk, nloc, loff, lmap, voff, self.ptr, self.idx)
         clock.append(time.perf_counter())
         #: Wall seconds of the build phases (profiling aid).
@@ -1132,27 +1243,70 @@ class NumbaLattice:
         with _Threads(self.batch * self.num_pixels):
             return self._apply(vals, values)
 
-    def _apply(self, vals: np.ndarray, values: Tensor) -> Tensor:
-        dt = vals.dtype
-        nch = vals.shape[1]
+    def _splat_blur(self, splat, args: tuple, nch: int, dt: np.dtype) -> np.ndarray:
+        """Splat with ``splat(*args, dp1, nblk, loc, bary, loff, rows)``, then blur."""
         dp1 = self.dim + 1
         nvert = self.num_vertices
-        lat_a = np.empty((nvert + 1, nch), dt)
+        lat_a = _pool.empty((nvert + 1, nch), dt)
         if self.direct:
-            _splat(vals, dp1, self.nblk, self.loc, self.bary, self.loff, lat_a)
+            splat(*args, dp1, self.nblk, self.loc, self.bary, self.loff, lat_a)
             lat_a[nvert] = 0.0
         else:
-            buf = np.empty((self.num_slots, nch), dt)
-            _splat(vals, dp1, self.nblk, self.loc, self.bary, self.loff, buf)
+            buf = _pool.empty((self.num_slots, nch), dt)
+            splat(*args, dp1, self.nblk, self.loc, self.bary, self.loff, buf)
             _reduce(buf, self.ptr, self.idx, lat_a)
             del buf
-        lat_b = np.empty_like(lat_a)
+        lat_b = _pool.empty(lat_a.shape, dt)
         which = _blur(lat_a, lat_b, self.nbr, dt.type(0.5))
-        lat = lat_b if which == 1 else lat_a
-        # allocated by numpy, which asks for transparent huge pages on large
-        # arrays: first-touch page faults of a 70 MB output cost ~8 ms instead
-        # of ~21 ms with torch.empty's 4 KiB pages
-        out = np.empty(vals.shape, dt)
+        return lat_b if which == 1 else lat_a
+
+    def potts(
+        self, probs: Tensor, roi: Tensor, normalize: bool, grad_scale: float | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Fused Potts energy: see :meth:`rloss.lattice.Lattice.potts`.
+
+        Args:
+            probs: ``(N, K, P)`` float32/float64 contiguous CPU tensor.
+            roi: ``(N, P)`` tensor of the same dtype.
+            normalize: divide by ``roi^T W roi`` per image.
+            grad_scale: factor of the gradient, or ``None`` for no gradient.
+
+        Returns:
+            ``(energy (N,), grad (N, K, P) or None)`` in ``probs``'s dtype
+            (energies are summed in float64).
+        """
+        p = probs.detach().contiguous().numpy()
+        r = roi.detach().contiguous().numpy()
+        dt = p.dtype
+        n_img, k, _ = p.shape
+        dp1 = self.dim + 1
+        ntask = n_img * self.nblk
+        with _Threads(self.batch * self.num_pixels):
+            lat = self._splat_blur(_splat_masked, (p, r), k + 1, dt)
+            volume = np.ones(n_img)
+            if normalize:
+                part = np.empty(ntask)
+                _slice_channel_dot(
+                    lat, k, dp1, self.nblk, self.vid, self.obase, self.bary, self.alpha, r, part
+                )
+                volume = np.maximum(part.reshape(n_img, self.nblk).sum(1), np.finfo(dt).tiny)
+            want = grad_scale is not None
+            coef = (float(grad_scale or 0.0) / volume).astype(dt)
+            grad = _pool.empty(p.shape if want else (1, 1, 1), dt)
+            part = np.empty(ntask)
+            _slice_potts(
+                lat, dp1, self.nblk, self.vid, self.obase, self.bary, self.alpha,
+                p, r, coef, want, grad, part,
+            )  # fmt: skip
+        energy = torch.from_numpy((part.reshape(n_img, self.nblk).sum(1) / volume).astype(dt))
+        return energy, torch.from_numpy(grad) if want else None
+
+    def _apply(self, vals: np.ndarray, values: Tensor) -> Tensor:
+        dt = vals.dtype
+        dp1 = self.dim + 1
+        lat = self._splat_blur(_splat, (vals,), vals.shape[1], dt)
+        # pooled memory (see _pool): no first-touch page faults on a 70 MB output
+        out = _pool.empty(vals.shape, dt)
         _slice(lat, dp1, self.nblk, self.vid, self.obase, self.bary, self.alpha, out)
         return torch.from_numpy(out)
 

@@ -117,53 +117,45 @@ class _PairwiseEnergy(torch.autograd.Function):
 
     W is symmetric, so ``d(S̃ᵀWS̃)/dS̃ = 2 W S̃``: the backward reuses ``W S̃`` and
     ``W roi`` from the forward pass, both filtered in one lattice call with
-    ``K + 1`` channels.
+    ``K + 1`` channels (for Potts, :meth:`rloss.lattice.Lattice.potts`, fused
+    into the lattice kernels on the numba backend).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, probs: Tensor, roi: Tensor, lattice: Lattice, kind: str, normalize: bool
     ) -> Tensor:
-        n, k, h, w = probs.shape
+        n = probs.shape[0]
+        want_grad = ctx.needs_input_grad[0]
+        if kind == "potts":
+            per_image, grad = lattice.potts(
+                probs, roi, normalize=normalize, grad_scale=1.0 / n if want_grad else None
+            )
+            if want_grad:
+                ctx.save_for_backward(grad)
+            return per_image.sum() / n
+        if kind != "ncut":  # pragma: no cover - internal
+            raise ValueError(f"unknown pairwise energy {kind!r}")
+        k = probs.shape[1]
         r = roi.unsqueeze(1)
         # [S̃, roi] written straight into the filter input (no torch.cat temporary)
-        vals = torch.empty(n, k + 1, h, w, dtype=probs.dtype, device=probs.device)
+        vals = torch.empty(n, k + 1, *probs.shape[2:], dtype=probs.dtype, device=probs.device)
         s = torch.mul(probs, r, out=vals[:, :k])
         vals[:, k] = roi
-        # a fresh tensor owned here: reused in place for the gradient below
         filt = lattice.filter(vals, check_finite=False)
         ws, wr = filt[:, :k], filt[:, k:]
         tiny = torch.finfo(probs.dtype).tiny
-        want_grad = ctx.needs_input_grad[0]
-        if kind == "potts":
-            # E_n = Σ S̃ ⊙ (W roi − W S̃); dE_n/dS̃ = W roi − 2 W S̃ = 2 (D − W roi / 2) with
-            # D = W roi − W S̃. Evaluated in place in ``filt`` (no full-size temporaries).
-            diff = torch.sub(wr, ws, out=ws)  # D, in place of W S̃
-            s_rows, d_rows = s.reshape(n, k * h * w), diff.reshape(n, k * h * w)  # views
-            # one BLAS dot per image (bmm/einsum take a slow path for these shapes)
-            per_image = torch.stack([torch.dot(s_rows[i], d_rows[i]) for i in range(n)])
-            scale = r * (2.0 / n)  # (N, 1, H, W): roi / N, and the factor 2 of the gradient
-            if normalize:
-                volume = (r * wr).sum(dim=(1, 2, 3)).clamp_min(tiny)  # roiᵀ W roi
-                per_image = per_image / volume
-                scale = scale / volume.view(n, 1, 1, 1)
-            if want_grad:
-                grad = torch.sub(diff, wr, alpha=0.5, out=diff)  # (W roi − 2 W S̃) / 2
-                ctx.save_for_backward(grad.mul_(scale))
-        elif kind == "ncut":
-            assoc = (s * ws).sum(dim=(2, 3))  # (N, K)  S̃_kᵀ W S̃_k
-            degree = (s * wr).sum(dim=(2, 3))  # (N, K)  dᵀ S̃_k
-            volume = (r * wr).sum(dim=(1, 2, 3))  # (N,)  dᵀ roi
-            denom = degree + NCUT_EPS * volume.unsqueeze(1) + tiny
-            cut = degree - assoc
-            per_image = (cut / denom).sum(dim=1)
-            if want_grad:
-                grad = (wr - 2.0 * ws) / denom[..., None, None] - (cut / denom.square())[
-                    ..., None, None
-                ] * wr
-                ctx.save_for_backward(grad.mul_(r / n))
-        else:  # pragma: no cover - internal
-            raise ValueError(f"unknown pairwise energy {kind!r}")
+        assoc = (s * ws).sum(dim=(2, 3))  # (N, K)  S̃_kᵀ W S̃_k
+        degree = (s * wr).sum(dim=(2, 3))  # (N, K)  dᵀ S̃_k
+        volume = (r * wr).sum(dim=(1, 2, 3))  # (N,)  dᵀ roi
+        denom = degree + NCUT_EPS * volume.unsqueeze(1) + tiny
+        cut = degree - assoc
+        per_image = (cut / denom).sum(dim=1)
+        if want_grad:
+            grad = (wr - 2.0 * ws) / denom[..., None, None] - (cut / denom.square())[
+                ..., None, None
+            ] * wr
+            ctx.save_for_backward(grad.mul_(r / n))
         return per_image.sum() / n
 
     @staticmethod
@@ -171,7 +163,48 @@ class _PairwiseEnergy(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         (grad,) = ctx.saved_tensors
+        # The usual case, a loss backpropagated with gradient 1 on the CPU: hand the
+        # saved gradient on as it is (autograd never modifies a tensor another
+        # reference holds) instead of a full-size multiply. Reading grad_out is free
+        # on the CPU; elsewhere it would synchronise with the host, so multiply.
+        if grad_out.device.type == "cpu" and grad_out.dim() == 0 and float(grad_out) == 1.0:
+            return grad, None, None, None, None
         return grad_out * grad, None, None, None, None
+
+
+def lattice_energy(
+    lattice: Lattice,
+    probs: Tensor,
+    roi: Tensor | None = None,
+    *,
+    kind: str = "potts",
+    normalize: bool = False,
+) -> Tensor:
+    """Unweighted pairwise energy on a prebuilt lattice, differentiable in ``probs``.
+
+    For iterative optimisation over a fixed image (the lattice is built once):
+    ``lattice_energy(Lattice(bilateral_features(image, s_rgb, s_xy)), probs)``
+    equals ``densecrf_loss(image, probs, weight=1, sigma_rgb=s_rgb, sigma_xy=s_xy)``.
+
+    Args:
+        lattice: built over features at the resolution of ``probs``.
+        probs: ``(N, K, H, W)`` softmax probabilities; computed in float32
+            (float64 for float64 input).
+        roi: ``(N, H, W)`` region of interest in 0..1, or ``None`` (ones).
+        kind: ``"potts"`` (DenseCRF) or ``"ncut"`` (normalised cut).
+        normalize: Potts only: divide each image's energy by ``roiᵀ W roi``.
+
+    Returns:
+        0-dim tensor: the energy averaged over the batch.
+    """
+    dtype = _checks.compute_dtype(probs)
+    n = probs.shape[0]
+    if roi is None:
+        roi_c = torch.ones(n, *probs.shape[2:], dtype=dtype, device=probs.device)
+    else:
+        roi_c = roi.detach().to(dtype)
+    with _checks.no_autocast(probs.device):
+        return _PairwiseEnergy.apply(probs.to(dtype), roi_c, lattice, kind, bool(normalize))
 
 
 def pairwise_energy(
@@ -192,7 +225,7 @@ def pairwise_energy(
         lattice, probs_c, roi_c = prepare_pairwise(
             image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend
         )
-        return _PairwiseEnergy.apply(probs_c, roi_c, lattice, kind, bool(normalize))
+        return lattice_energy(lattice, probs_c, roi_c, kind=kind, normalize=normalize)
 
 
 def densecrf_loss(

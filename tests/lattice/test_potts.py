@@ -1,0 +1,120 @@
+"""``Lattice.potts``: the fused Potts energy and gradient against ``Lattice.filter``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rloss.lattice import Lattice, bilateral_features
+
+
+def _case(n, k, h, w, device, backend, dtype=torch.float32, seed=0):
+    """A lattice over a random image, softmax probabilities and a 0/1 roi."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(n, 3, h, w, generator=g) * 255
+    probs = torch.randn(n, k, h, w, generator=g, dtype=torch.float64).softmax(1).to(dtype)
+    roi = (torch.rand(n, h, w, generator=g) > 0.2).to(dtype)
+    lat = Lattice(bilateral_features(image.to(device), 15.0, 8.0), backend=backend)
+    return lat, probs.to(device), roi.to(device)
+
+
+def _by_hand(lat, probs, roi, normalize, grad_scale):
+    """E_n = Σ S̃ᵀ(W roi − W S̃) (÷ roiᵀ W roi), G = grad_scale · roi (W roi − 2 W S̃) (÷ ...)."""
+    n = probs.shape[0]
+    r = roi.unsqueeze(1)
+    s = probs * r
+    ws, wr = lat.filter(s), lat.filter(r)
+    energy = (s * (wr - ws)).reshape(n, -1).sum(1)
+    grad = grad_scale * r * (wr - 2 * ws)
+    if normalize:
+        volume = (r * wr).reshape(n, -1).sum(1)
+        energy = energy / volume
+        grad = grad / volume.view(n, 1, 1, 1)
+    return energy, grad
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_potts_matches_filter(backend, device, normalize, dtype):
+    lat, probs, roi = _case(2, 4, 20, 24, device, backend, dtype)
+    energy, grad = lat.potts(probs, roi, normalize=normalize, grad_scale=0.25)
+    want_e, want_g = _by_hand(lat, probs, roi, normalize, 0.25)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    assert energy.shape == (2,) and energy.dtype == dtype and grad.dtype == dtype
+    torch.testing.assert_close(energy, want_e, **tol)
+    torch.testing.assert_close(grad, want_g, **tol)
+
+
+def test_potts_roi_none_means_ones(backend, device):
+    lat, probs, _ = _case(1, 3, 16, 16, device, backend)
+    ones = torch.ones(1, 16, 16, device=device)
+    e1, g1 = lat.potts(probs, None, grad_scale=1.0)
+    e2, g2 = lat.potts(probs, ones, grad_scale=1.0)
+    torch.testing.assert_close(e1, e2)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_potts_without_gradient(backend, device):
+    lat, probs, roi = _case(1, 3, 16, 16, device, backend)
+    energy, grad = lat.potts(probs, roi)
+    assert grad is None
+    torch.testing.assert_close(energy, lat.potts(probs, roi, grad_scale=1.0)[0])
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 24, 20), (1, 5, 96, 96)])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_numba_fused_equals_filter_path(shape, normalize):
+    """The fused kernels against the generic path on the same lattice; (1, 5, 96, 96) is
+    split into several pixel blocks per image (the private-rows splat and reduction)."""
+    n, k, h, w = shape
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(n, 3, h, w, generator=g) * 255
+    lat = Lattice(bilateral_features(image, 15.0, 8.0), backend="numba")
+    if shape[0] == 1:
+        assert not lat._impl.direct
+    probs = torch.randn(n, k, h, w, generator=g).softmax(1)
+    roi = (torch.rand(n, h, w, generator=g) > 0.3).float()
+    energy, grad = lat.potts(probs, roi, normalize=normalize, grad_scale=0.5)
+    want_e, want_g = lat._potts_by_filter(probs, roi, normalize, 0.5)
+    torch.testing.assert_close(energy, want_e, rtol=1e-5, atol=0)
+    # identical filtering; only the float32 rounding of the gradient formula differs
+    torch.testing.assert_close(grad, want_g, rtol=1e-5, atol=1e-6 * float(want_g.abs().max()))
+
+
+def test_numba_potts_does_not_modify_inputs():
+    lat, probs, roi = _case(2, 3, 16, 16, torch.device("cpu"), "numba")
+    p0, r0 = probs.clone(), roi.clone()
+    lat.potts(probs, roi, normalize=True, grad_scale=1.0)
+    assert torch.equal(probs, p0) and torch.equal(roi, r0)
+
+
+def test_potts_accepts_non_contiguous_probs(backend, device):
+    image = torch.rand(1, 3, 12, 14).to(device) * 255
+    lat = Lattice(bilateral_features(image, 15.0, 6.0), backend=backend)
+    probs = torch.rand(1, 12, 14, 4, device=device).softmax(-1).permute(0, 3, 1, 2)
+    assert not probs.is_contiguous()
+    e1, g1 = lat.potts(probs, None, grad_scale=1.0)
+    e2, g2 = lat.potts(probs.contiguous(), None, grad_scale=1.0)
+    torch.testing.assert_close(e1, e2)
+    torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"roi": torch.ones(1, 8, 9)}, "roi must have shape"),
+        ({"roi": torch.ones(1, 8, 8, dtype=torch.float64)}, "roi must have shape .* dtype"),
+    ],
+)
+def test_potts_bad_roi(kwargs, match):
+    lat = Lattice(bilateral_features(torch.rand(1, 3, 8, 8) * 255, 15.0, 4.0))
+    with pytest.raises(ValueError, match=match):
+        lat.potts(torch.rand(1, 2, 8, 8), **kwargs)
+
+
+def test_potts_bad_probs():
+    lat = Lattice(bilateral_features(torch.rand(1, 3, 8, 8) * 255, 15.0, 4.0))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        lat.potts(torch.rand(1, 2, 8, 8).half())
+    with pytest.raises(ValueError, match="spatial shape"):
+        lat.potts(torch.rand(1, 2, 8, 7))
