@@ -17,7 +17,11 @@ Suites:
   (also ``benchmarks/bench_lattice.py``),
   sigma_rgb=15, sigma_xy=50.
 * ``crf``: ``rloss.losses.DenseCRFLoss`` forward + backward, float32
-  (sigma_xy=50: the reference recipe's 100 at scale 0.5, inputs already at 256²).
+  (sigma_xy=50: the reference recipe's 100 at scale 0.5, inputs already at 256²):
+  the loss value and its gradient with respect to given softmax probabilities
+  (``torch.autograd.grad``). Until 2026-11-25 14:40 the timed region also
+  computed the softmax (about 24 ms at N=12) and accumulated the gradient
+  into ``probs.grad``; RESULTS.md entries say which definition they used.
 * ``step``: one SGD step of a tiny DeepLabV3+ (mobilenet_v2, random weights) with
   and without the DenseCRF term; the ratio is the regularizer's overhead.
 * ``growth``: time vs pixels (64² .. 1024², K=21) and vs K (2 .. 60, 256²), table
@@ -154,12 +158,13 @@ def _workload(spec: dict):
         image = synthetic_images(n, h, w)
         loss_fn = DenseCRFLoss(weight=2e-9, sigma_rgb=SIGMA_RGB, sigma_xy=SIGMA_XY, backend=backend)
         logits = torch.randn(n, k, h, w, generator=torch.Generator().manual_seed(2))
+        softmax = logits.softmax(1)
 
         def run():
-            probs = logits.softmax(1).requires_grad_(True)
+            probs = softmax.detach().requires_grad_(True)
             loss = loss_fn(image, probs)
-            loss.backward()
-            return probs.grad
+            (grad,) = torch.autograd.grad(loss, probs)
+            return grad
 
         return run
     if suite == "step":
@@ -212,6 +217,12 @@ def child_main(spec: dict) -> dict:
     import gc
 
     gc.collect()
+    try:  # idle pooled memory would hide in the baseline: the peak must include it
+        from rloss.lattice import _pool
+    except ImportError:  # older checkouts (before the pool)
+        pass
+    else:
+        _pool.clear()
     base = _rss_kib("VmRSS")
     exact_peak = _reset_peak() and base is not None
     maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

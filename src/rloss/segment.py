@@ -235,7 +235,7 @@ class PottsOnImage:
                 f"probs: want shape (1, K, {self.shape[0]}, {self.shape[1]}), "
                 f"got {tuple(probs.shape)}"
             )
-        return self.weight * lattice_energy(self.lattice, probs, normalize=self.normalize)
+        return lattice_energy(self.lattice, probs, normalize=self.normalize, weight=self.weight)
 
 
 class _TinyNet:

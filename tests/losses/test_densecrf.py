@@ -381,3 +381,17 @@ def test_lattice_energy_equals_the_loss(normalize):
     want.backward()
     got.backward()
     torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_backward_scales_by_the_incoming_gradient_and_can_run_twice():
+    """grad_out = 1 hands the saved gradient on as is; other values multiply it;
+    with retain_graph the saved gradient is intact for a second backward."""
+    image = _image(2, 10, 12)
+    logits = _logits(2, 3, 10, 12, dtype=torch.float32)
+    z = logits.clone().requires_grad_()
+    loss = densecrf_loss(image, z.softmax(1), weight=3e-3, sigma_xy=5.0, backend="numba")
+    (g1,) = torch.autograd.grad(loss, z, retain_graph=True)
+    (g2,) = torch.autograd.grad(2.5 * loss, z, retain_graph=True)
+    (g3,) = torch.autograd.grad(loss, z)
+    torch.testing.assert_close(g2, 2.5 * g1)
+    torch.testing.assert_close(g3, g1)

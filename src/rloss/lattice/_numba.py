@@ -105,6 +105,10 @@ _MAX_COORD = 2.0**30
 _PACK_BITS = 62
 
 
+#: Most task-local vertices of the last packed build (sizes the next build's tables).
+_LAST_PER_TASK = [_TABLE0 // 4]
+
+
 def _blocks_per_image(n: int, p: int) -> int:
     """Pixel blocks per image: a function of the shapes only (thread-count independent)."""
     if n >= _MIN_TASKS:
@@ -583,7 +587,7 @@ def _pmix(pk):
 
 
 @njit(parallel=True, cache=True)
-def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu):
+def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu, tables):
     """``_build_local`` with packed keys (see ``_pack_params``).
 
     A vertex key ``k`` (d coordinates) is stored as ``sum_i (k[i] - pbase[i]) * pu[i]``
@@ -594,7 +598,9 @@ def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu
     this cheap, looking up the d+1 vertices of each simplex change directly is
     faster than a table of simplices, which outgrows the L2 cache. A
     remainder-0 point outside the packable range sets ``nloc[t] = -1`` (the
-    caller then rebuilds with the full-key kernel).
+    caller then rebuilds with the full-key kernel). Task ``t`` starts with the
+    table ``tables[t]`` (``2 * capacity`` int64, any content, sized by the caller
+    from the previous build so that it rarely has to grow).
     """
     n_img, npix, d = feats.shape
     dp1 = d + 1
@@ -623,8 +629,9 @@ def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu
         pones = np.int64(0)
         for i in range(d):
             pones += pu[i]
-        cap = _TABLE0
-        table = np.full(2 * cap, -1, np.int64)
+        table = tables[t]
+        table[:] = -1
+        cap = table.shape[0] // 2
         bad = False
         for q0 in range(p0, p1, nb_max):
             if bad:
@@ -755,7 +762,13 @@ def _find_packed(table, base, cap, pk):
 
 @njit(parallel=True, cache=True)
 def _build_neighbours_packed(dp1, voff, hh, gsrc, loff, nblk, table, toff, tcap, pu, nbr):
-    """``_build_neighbours`` with packed keys: neighbour key = key -/+ a constant."""
+    """``_build_neighbours`` with packed keys: neighbour key = key -/+ a constant.
+
+    Neighbourhood is symmetric (``u = v + step_j`` exactly when ``v = u - step_j``),
+    so only the ``+`` neighbour is looked up: finding ``u`` for ``v`` also sets
+    ``v`` as ``u``'s ``-`` neighbour (half the probes; every ``nbr[j, u, 0]`` is
+    written by at most one ``v``, so threads never race).
+    """
     d = dp1 - 1
     n_img = voff.shape[0] - 1
     nvert = voff[n_img]
@@ -763,6 +776,10 @@ def _build_neighbours_packed(dp1, voff, hh, gsrc, loff, nblk, table, toff, tcap,
     pones = np.int64(0)
     for i in range(d):
         pones += pu[i]
+    for c in prange(nchunk):
+        for v in range(c * _CHUNK, min(nvert, (c + 1) * _CHUNK)):
+            for j in range(dp1):
+                nbr[j, v, 0] = nvert
     for c in prange(nchunk):
         n = 0
         for v in range(c * _CHUNK, min(nvert, (c + 1) * _CHUNK)):
@@ -772,11 +789,12 @@ def _build_neighbours_packed(dp1, voff, hh, gsrc, loff, nblk, table, toff, tcap,
             pk = hh[gsrc[gbase + v - voff[n]]]
             base = 2 * toff[n]
             for j in range(dp1):
-                step = pones - dp1 * pu[j]
-                g1 = _find_packed(table, base, tcap[n], pk - step)
-                g2 = _find_packed(table, base, tcap[n], pk + step)
-                nbr[j, v, 0] = nvert if g1 < 0 else voff[n] + g1
-                nbr[j, v, 1] = nvert if g2 < 0 else voff[n] + g2
+                g2 = _find_packed(table, base, tcap[n], pk + pones - dp1 * pu[j])
+                if g2 < 0:
+                    nbr[j, v, 1] = nvert
+                else:
+                    nbr[j, v, 1] = voff[n] + g2
+                    nbr[j, voff[n] + g2, 0] = v
 
 
 @njit(cache=True)
@@ -1114,6 +1132,7 @@ class NumbaLattice:
         clock = [time.perf_counter()]
         nblk = _blocks_per_image(n_img, npix)
         ntask = n_img * nblk
+        blk_entries = -(-npix // nblk) * dp1
         loc = _pool.empty(nent, np.int32)
         bary = _pool.empty(nent, np.float32)
         # worst-case sized, but only the rows of real task-local vertices are
@@ -1123,7 +1142,14 @@ class NumbaLattice:
         pack = _pack_params(rng[0], rng[1], scale) if finite else None
         if pack is not None:
             pbase, plim, pu = pack
-            _build_local_packed(f, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu)
+            # start each task's table at 4x the vertex count the last build
+            # needed per task (load <= 1/4, so it rarely grows)
+            want = max(min(4 * _LAST_PER_TASK[0], 4 * blk_entries), _TABLE0)
+            cap0 = 1 << (want - 1).bit_length()  # a power of two (the probe mask)
+            tables = _pool.empty((ntask, 2 * cap0), np.int64)
+            _build_local_packed(f, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu, tables)
+            del tables
+            _LAST_PER_TASK[0] = max(int(nloc.max()), 1)
             if (nloc < 0).any():  # a key out of the packable range: full keys
                 pack = None
         if pack is None:

@@ -123,17 +123,25 @@ class _PairwiseEnergy(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, probs: Tensor, roi: Tensor, lattice: Lattice, kind: str, normalize: bool
+        ctx: Any,
+        probs: Tensor,
+        roi: Tensor,
+        lattice: Lattice,
+        kind: str,
+        normalize: bool,
+        weight: float,
     ) -> Tensor:
+        # ``weight`` is applied here, not by the caller, so that the incoming
+        # gradient of a plain loss is exactly 1 and backward needs no multiply
         n = probs.shape[0]
         want_grad = ctx.needs_input_grad[0]
         if kind == "potts":
             per_image, grad = lattice.potts(
-                probs, roi, normalize=normalize, grad_scale=1.0 / n if want_grad else None
+                probs, roi, normalize=normalize, grad_scale=weight / n if want_grad else None
             )
             if want_grad:
                 ctx.save_for_backward(grad)
-            return per_image.sum() / n
+            return per_image.sum() * (weight / n)
         if kind != "ncut":  # pragma: no cover - internal
             raise ValueError(f"unknown pairwise energy {kind!r}")
         k = probs.shape[1]
@@ -155,21 +163,21 @@ class _PairwiseEnergy(torch.autograd.Function):
             grad = (wr - 2.0 * ws) / denom[..., None, None] - (cut / denom.square())[
                 ..., None, None
             ] * wr
-            ctx.save_for_backward(grad.mul_(r / n))
-        return per_image.sum() / n
+            ctx.save_for_backward(grad.mul_(r * (weight / n)))
+        return per_image.sum() * (weight / n)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:  # type: ignore[override]
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         (grad,) = ctx.saved_tensors
         # The usual case, a loss backpropagated with gradient 1 on the CPU: hand the
         # saved gradient on as it is (autograd never modifies a tensor another
         # reference holds) instead of a full-size multiply. Reading grad_out is free
         # on the CPU; elsewhere it would synchronise with the host, so multiply.
         if grad_out.device.type == "cpu" and grad_out.dim() == 0 and float(grad_out) == 1.0:
-            return grad, None, None, None, None
-        return grad_out * grad, None, None, None, None
+            return grad, None, None, None, None, None
+        return grad_out * grad, None, None, None, None, None
 
 
 def lattice_energy(
@@ -179,8 +187,9 @@ def lattice_energy(
     *,
     kind: str = "potts",
     normalize: bool = False,
+    weight: float = 1.0,
 ) -> Tensor:
-    """Unweighted pairwise energy on a prebuilt lattice, differentiable in ``probs``.
+    """Pairwise energy on a prebuilt lattice, differentiable in ``probs``.
 
     For iterative optimisation over a fixed image (the lattice is built once):
     ``lattice_energy(Lattice(bilateral_features(image, s_rgb, s_xy)), probs)``
@@ -193,9 +202,10 @@ def lattice_energy(
         roi: ``(N, H, W)`` region of interest in 0..1, or ``None`` (ones).
         kind: ``"potts"`` (DenseCRF) or ``"ncut"`` (normalised cut).
         normalize: Potts only: divide each image's energy by ``roiᵀ W roi``.
+        weight: factor of the energy (applied inside the autograd function).
 
     Returns:
-        0-dim tensor: the energy averaged over the batch.
+        0-dim tensor: ``weight`` times the energy averaged over the batch.
     """
     dtype = _checks.compute_dtype(probs)
     n = probs.shape[0]
@@ -204,7 +214,9 @@ def lattice_energy(
     else:
         roi_c = roi.detach().to(dtype)
     with _checks.no_autocast(probs.device):
-        return _PairwiseEnergy.apply(probs.to(dtype), roi_c, lattice, kind, bool(normalize))
+        return _PairwiseEnergy.apply(
+            probs.to(dtype), roi_c, lattice, kind, bool(normalize), float(weight)
+        )
 
 
 def pairwise_energy(
@@ -218,14 +230,17 @@ def pairwise_energy(
     scale_factor: float,
     normalize: bool,
     backend: str | None,
+    weight: float = 1.0,
 ) -> Tensor:
-    """Shared body of :func:`densecrf_loss` and :func:`rloss.losses.ncut_loss` (unweighted)."""
+    """Shared body of :func:`densecrf_loss` and :func:`rloss.losses.ncut_loss`."""
     device = probs.device if isinstance(probs, Tensor) else torch.device("cpu")
     with _checks.no_autocast(device):
         lattice, probs_c, roi_c = prepare_pairwise(
             image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend
         )
-        return lattice_energy(lattice, probs_c, roi_c, kind=kind, normalize=normalize)
+        return lattice_energy(
+            lattice, probs_c, roi_c, kind=kind, normalize=normalize, weight=weight
+        )
 
 
 def densecrf_loss(
@@ -298,7 +313,7 @@ def densecrf_loss(
         >>> loss.backward()
     """
     weight = _checks.check_weight("weight", weight)
-    energy = pairwise_energy(
+    return pairwise_energy(
         image,
         probs,
         roi,
@@ -308,8 +323,8 @@ def densecrf_loss(
         scale_factor=scale_factor,
         normalize=normalize,
         backend=backend,
+        weight=weight,
     )
-    return weight * energy
 
 
 class DenseCRFLoss(nn.Module):

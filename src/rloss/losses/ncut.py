@@ -69,7 +69,7 @@ def ncut_loss(
         >>> loss = ncut_loss(image, probs, sigma_rgb=15.0, sigma_xy=40.0)
     """
     weight = _checks.check_weight("weight", weight)
-    energy = pairwise_energy(
+    return pairwise_energy(
         image,
         probs,
         roi,
@@ -79,8 +79,8 @@ def ncut_loss(
         scale_factor=scale_factor,
         normalize=False,
         backend=backend,
+        weight=weight,
     )
-    return weight * energy
 
 
 class NormalizedCutLoss(nn.Module):
