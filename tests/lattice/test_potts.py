@@ -118,3 +118,83 @@ def test_potts_bad_probs():
         lat.potts(torch.rand(1, 2, 8, 8).half())
     with pytest.raises(ValueError, match="spatial shape"):
         lat.potts(torch.rand(1, 2, 8, 7))
+
+
+# ------------------------------------------------ numba: Potts fused image by image
+
+
+def _batch(n, k, h, w, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(n, 3, h, w, generator=g) * 255
+    probs = torch.randn(n, k, h, w, generator=g).softmax(1)
+    roi = (torch.rand(n, h, w, generator=g) > 0.2).float()
+    return bilateral_features(image, 15.0, 6.0), probs, roi
+
+
+def _built(features):
+    lat = Lattice(features, backend="numba")
+    lat._impl._ensure_built()
+    return lat
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("shape", [(8, 4, 18, 22), (9, 3, 15, 16)])
+def test_numba_per_image_fusion_is_bitwise_the_batch_path(shape, normalize, dtype):
+    """With one pixel block per image (N >= 8) Potts runs build..slice per image and never
+    forms the batch lattice; numbering and arithmetic are those of the batch path."""
+    feats, probs, roi = _batch(*shape)
+    probs, roi = probs.to(dtype), roi.to(dtype)
+    lazy = Lattice(feats, backend="numba")
+    e1, g1 = lazy.potts(probs, roi, normalize=normalize, grad_scale=0.3)
+    assert not lazy._impl._built
+    e2, g2 = _built(feats).potts(probs, roi, normalize=normalize, grad_scale=0.3)
+    assert torch.equal(e1, e2) and torch.equal(g1, g2)
+
+
+def test_numba_lazy_lattice_builds_on_first_filter():
+    feats, probs, roi = _batch(8, 3, 12, 12)
+    lat = Lattice(feats, backend="numba")
+    lat.potts(probs, roi)
+    assert not lat._impl._built
+    out = lat.filter(probs)
+    assert lat._impl._built and lat._impl.num_vertices > 0
+    torch.testing.assert_close(out, _built(feats).filter(probs), rtol=0, atol=0)
+
+
+def test_numba_fusion_reruns_when_its_rows_are_too_few(monkeypatch):
+    from rloss.lattice import _numba
+
+    feats, probs, roi = _batch(8, 3, 20, 20)
+    want = _built(feats).potts(probs, roi, grad_scale=1.0)
+    monkeypatch.setattr(_numba, "_TABLE0", 16)
+    monkeypatch.setattr(_numba, "_LAST_PER_TASK", [1])  # scratch rows: 17
+    calls = []
+    real = _numba._potts_fused
+    monkeypatch.setattr(_numba, "_potts_fused", lambda *a: calls.append(1) or real(*a))
+    got = Lattice(feats, backend="numba").potts(probs, roi, grad_scale=1.0)
+    assert len(calls) == 2
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_numba_fusion_falls_back_when_keys_do_not_pack():
+    """A remainder-0 point outside the packed range: the fused kernel gives up and
+    the batch lattice is built with full keys; the result is unchanged."""
+    feats, probs, roi = _batch(8, 3, 14, 14)
+    want = _built(feats).potts(probs, roi, grad_scale=1.0)
+    lat = Lattice(feats, backend="numba")
+    pbase, plim, pu = lat._impl._pack
+    lat._impl._pack = (pbase, plim * 0, pu)  # every key "out of range"
+    got = lat.potts(probs, roi, grad_scale=1.0)
+    assert lat._impl._built and not lat._impl.packed
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_numba_build_rejects_non_finite_features():
+    feats, _, _ = _batch(2, 2, 8, 8)
+    feats[1, 3, 2, 2] = float("inf")
+    with pytest.raises(ValueError, match="features contains NaN or Inf"):
+        Lattice(feats, backend="numba")
+    feats[1, 3, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="features contains NaN or Inf"):
+        Lattice(feats, backend="numba")

@@ -35,7 +35,9 @@ from torch import Tensor
 __all__ = ["BACKENDS", "Lattice", "bilateral_features", "default_backend", "gaussian_filter"]
 
 #: Backend name -> module implementing ``build(features (N, P, d)) -> obj`` with
-#: ``obj.apply(values (N, C, P)) -> (N, C, P)``.
+#: ``obj.apply(values (N, C, P)) -> (N, C, P)`` and optionally ``obj.potts`` (see
+#: :meth:`Lattice.potts`); a module with ``CHECKS_FINITE = True`` rejects NaN/Inf
+#: features itself with the same ``ValueError``.
 BACKENDS: dict[str, str] = {
     "torch": "rloss.lattice._torch",
     "numba": "rloss.lattice._numba",
@@ -178,7 +180,10 @@ class Lattice:
             )
         if features.numel() == 0 or features.shape[0] == 0:
             raise ValueError(f"features must be non-empty, got shape {tuple(features.shape)}")
-        _check_finite("features", features)
+        self.backend = backend if backend is not None else default_backend(features.device)
+        module = _backend_module(self.backend)
+        if not getattr(module, "CHECKS_FINITE", False):
+            _check_finite("features", features)
         self.batch = int(features.shape[0])
         self.dim = int(features.shape[1])
         self.spatial = tuple(int(s) for s in features.shape[2:])
@@ -186,8 +191,6 @@ class Lattice:
         for s in self.spatial:
             self.num_pixels *= s
         self.device = features.device
-        self.backend = backend if backend is not None else default_backend(features.device)
-        module = _backend_module(self.backend)
         flat = features.detach().reshape(self.batch, self.dim, self.num_pixels)
         # (N, P, d): each pixel's feature vector contiguous
         self._impl = module.build(flat.to(torch.float32).transpose(1, 2).contiguous())

@@ -78,7 +78,11 @@ from torch import Tensor
 
 from rloss.lattice import _pool
 
-__all__ = ["NumbaLattice", "build"]
+__all__ = ["CHECKS_FINITE", "NumbaLattice", "build"]
+
+#: :func:`build` itself rejects NaN/Inf features (in its range pass), so
+#: :class:`rloss.lattice.Lattice` skips its own check for this backend.
+CHECKS_FINITE = True
 
 #: A task (pixel block) never has fewer pixels than this, unless the image does.
 _MIN_BLOCK = 4096
@@ -185,11 +189,12 @@ def _hash2(a, b, d):
 
 
 @njit(cache=True)
-def _embed_block(feats, scale, n, q0, nb, npix, el, r0, rk, sm, ssum, vr, bary):
+def _embed_block(feats, scale, n, q0, nb, e_first, el, r0, rk, sm, ssum, vr, bary):
     """Embed pixels ``q0 .. q0+nb`` of image ``n`` into the lattice (one block).
 
     Writes the rounded remainder-0 point ``r0``, the ranks ``rk`` (both
-    ``(d+1, nb)``) and the pixels' barycentric weights into ``bary``; ``el``,
+    ``(d+1, nb)``) and the pixels' barycentric weights into ``bary`` (pixel
+    ``q0 + b`` at entries ``e_first + b * (d+1) ...``); ``el``,
     ``sm``, ``ssum`` and ``vr`` are scratch. Shared by both build kernels so
     that the packed and the full-key paths embed bit for bit alike.
     """
@@ -252,7 +257,7 @@ def _embed_block(feats, scale, n, q0, nb, npix, el, r0, rk, sm, ssum, vr, bary):
                 vi = (el[i, b] - np.float32(r0[i, b])) * down
                 vr[m, b] += vi if rk[i, b] == dm else np.float32(0.0)
     for b in range(nb):
-        e0 = (n * npix + q0 + b) * dp1
+        e0 = e_first + b * dp1
         bary[e0] = np.float32(np.float64(vr[0, b]) + (1.0 + np.float64(-vr[d, b])))
         for m in range(1, dp1):
             bary[e0 + m] = vr[m, b] - vr[m - 1, b]
@@ -310,7 +315,9 @@ def _build_local(feats, scale, nblk, loc, bary, gk, hh, nloc, sk):
         scnt = 0
         for q0 in range(p0, p1, nb_max):
             nb = min(nb_max, p1 - q0)
-            _embed_block(feats, scale, n, q0, nb, npix, el, r0, rk, sm, ssum, vr, bary)
+            _embed_block(
+                feats, scale, n, q0, nb, (n * npix + q0) * dp1, el, r0, rk, sm, ssum, vr, bary
+            )
             for b in range(nb):
                 p = q0 + b
                 e0 = (n * npix + p) * dp1
@@ -586,9 +593,116 @@ def _pmix(pk):
     return (pk * np.int64(-7046029254386353131)) >> 32
 
 
+@njit(cache=True)
+def _local_packed_task(feats, scale, n, p0, p1, e_first, loc, bary, hh, pbase, plim, pu, table):
+    """Embed pixels ``p0 .. p1`` of image ``n`` and number their vertices (packed keys).
+
+    Pixel ``p``'s d+1 entries are ``e_first + (p - p0) * (d+1) + r``: ``loc`` gets
+    the vertex's local id, ``bary`` its weight; ``hh[lid]`` = the packed key of
+    local vertex ``lid``. ``table`` holds ``(packed key, id)`` pairs (its content
+    on entry does not matter; a power-of-two number of slots). Returns
+    ``(count, table)``: the number of vertices (-1 when a remainder-0 point is
+    outside the packable range) and the table, regrown when it filled past 1/4.
+    """
+    d = feats.shape[2]
+    dp1 = d + 1
+    nb_max = _EMBED
+    el = np.empty((dp1, nb_max), np.float32)
+    r0 = np.empty((dp1, nb_max), np.int32)
+    rk = np.empty((dp1, nb_max), np.int32)
+    sm = np.empty(nb_max, np.float32)
+    ssum = np.empty(nb_max, np.int32)
+    vr = np.empty((dp1, nb_max), np.float32)
+    ka = np.empty(d, np.int32)
+    kb = np.empty(d, np.int32)
+    prev_a = np.empty(d, np.int32)
+    prev_b = np.empty(d, np.int32)
+    perm = np.empty(dp1, np.int32)
+    have_prev = False
+    prev_e = 0
+    cnt = 0
+    pones = np.int64(0)
+    for i in range(d):
+        pones += pu[i]
+    table[:] = -1
+    cap = table.shape[0] // 2
+    for q0 in range(p0, p1, nb_max):
+        nb = min(nb_max, p1 - q0)
+        eq = e_first + (q0 - p0) * dp1
+        _embed_block(feats, scale, n, q0, nb, eq, el, r0, rk, sm, ssum, vr, bary)
+        for b in range(nb):
+            e0 = eq + b * dp1
+            for i in range(d):
+                ka[i] = r0[i, b]
+                kb[i] = rk[i, b]
+            # same simplex as the previous pixel: reuse its vertex ids unhashed
+            if have_prev:
+                diff = np.int32(0)
+                for i in range(d):
+                    diff |= (ka[i] ^ prev_a[i]) | (kb[i] ^ prev_b[i])
+                if diff == 0:
+                    for r in range(dp1):
+                        loc[e0 + r] = loc[prev_e + r]
+                    prev_e = e0
+                    continue
+            have_prev = True
+            for i in range(d):
+                prev_a[i] = ka[i]
+                prev_b[i] = kb[i]
+            prev_e = e0
+            # packed key of vertex 0 (the remainder-0 point)
+            pk = np.int64(0)
+            bad = False
+            for i in range(d):
+                f = np.int64(ka[i]) - pbase[i]
+                if f < 2 * dp1 or f >= plim[i]:
+                    bad = True
+                pk += f * pu[i]
+            if bad:
+                return -1, table
+            # vertex r+1 = vertex r + (1, ..., 1) - (d+1) e_j, j the coordinate of
+            # rank d - r: the packed key moves by a constant
+            for i in range(dp1):
+                perm[i] = d
+            for i in range(d):
+                perm[kb[i]] = i
+            for r in range(dp1):
+                if r > 0:
+                    j = perm[d - r + 1]
+                    pk += pones - dp1 * pu[j]
+                mask = cap - 1
+                slot = _pmix(pk) & mask
+                while True:
+                    k0 = table[2 * slot]
+                    if k0 == pk:
+                        lid = table[2 * slot + 1]
+                        break
+                    if k0 < 0:
+                        lid = cnt
+                        table[2 * slot] = pk
+                        table[2 * slot + 1] = lid
+                        hh[lid] = pk
+                        cnt += 1
+                        break
+                    slot = (slot + 1) & mask
+                loc[e0 + r] = lid
+                if 4 * cnt > cap:  # grow: rehash the stored keys (load <= 1/4)
+                    cap *= 2
+                    mask = cap - 1
+                    table = np.full(2 * cap, -1, np.int64)
+                    for q in range(cnt):
+                        a = hh[q]
+                        slot = _pmix(a) & mask
+                        while table[2 * slot] >= 0:
+                            slot = (slot + 1) & mask
+                        table[2 * slot] = a
+                        table[2 * slot + 1] = q
+    return cnt, table
+
+
 @njit(parallel=True, cache=True)
 def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu, tables):
-    """``_build_local`` with packed keys (see ``_pack_params``).
+    """``_build_local`` with packed keys (see ``_pack_params``), one task per pixel block.
 
     A vertex key ``k`` (d coordinates) is stored as ``sum_i (k[i] - pbase[i]) * pu[i]``
     (one int64; ``hh`` holds it instead of the hash). Table slots hold
@@ -599,114 +713,22 @@ def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu
     faster than a table of simplices, which outgrows the L2 cache. A
     remainder-0 point outside the packable range sets ``nloc[t] = -1`` (the
     caller then rebuilds with the full-key kernel). Task ``t`` starts with the
-    table ``tables[t]`` (``2 * capacity`` int64, any content, sized by the caller
-    from the previous build so that it rarely has to grow).
+    table ``tables[t]`` (sized by the caller from the previous build so that it
+    rarely has to grow).
     """
     n_img, npix, d = feats.shape
     dp1 = d + 1
     ntask = n_img * nblk
     blk = (npix + nblk - 1) // nblk
-    nb_max = _EMBED
     for t in prange(ntask):
         n = t // nblk
         p0 = (t % nblk) * blk
         p1 = min(npix, p0 + blk)
         ebase = (n * npix + p0) * dp1
-        el = np.empty((dp1, nb_max), np.float32)
-        r0 = np.empty((dp1, nb_max), np.int32)
-        rk = np.empty((dp1, nb_max), np.int32)
-        sm = np.empty(nb_max, np.float32)
-        ssum = np.empty(nb_max, np.int32)
-        vr = np.empty((dp1, nb_max), np.float32)
-        ka = np.empty(d, np.int32)
-        kb = np.empty(d, np.int32)
-        prev_a = np.empty(d, np.int32)
-        prev_b = np.empty(d, np.int32)
-        perm = np.empty(dp1, np.int32)
-        have_prev = False
-        prev_e = 0
-        cnt = 0
-        pones = np.int64(0)
-        for i in range(d):
-            pones += pu[i]
-        table = tables[t]
-        table[:] = -1
-        cap = table.shape[0] // 2
-        bad = False
-        for q0 in range(p0, p1, nb_max):
-            if bad:
-                break
-            nb = min(nb_max, p1 - q0)
-            _embed_block(feats, scale, n, q0, nb, npix, el, r0, rk, sm, ssum, vr, bary)
-            for b in range(nb):
-                p = q0 + b
-                e0 = (n * npix + p) * dp1
-                for i in range(d):
-                    ka[i] = r0[i, b]
-                    kb[i] = rk[i, b]
-                # same simplex as the previous pixel: reuse its vertex ids unhashed
-                if have_prev:
-                    diff = np.int32(0)
-                    for i in range(d):
-                        diff |= (ka[i] ^ prev_a[i]) | (kb[i] ^ prev_b[i])
-                    if diff == 0:
-                        for r in range(dp1):
-                            loc[e0 + r] = loc[prev_e + r]
-                        prev_e = e0
-                        continue
-                have_prev = True
-                for i in range(d):
-                    prev_a[i] = ka[i]
-                    prev_b[i] = kb[i]
-                prev_e = e0
-                # packed key of vertex 0 (the remainder-0 point)
-                pk = np.int64(0)
-                for i in range(d):
-                    f = np.int64(ka[i]) - pbase[i]
-                    if f < 2 * dp1 or f >= plim[i]:
-                        bad = True
-                    pk += f * pu[i]
-                if bad:
-                    break
-                # vertex r+1 = vertex r + (1, ..., 1) - (d+1) e_j, j the coordinate of
-                # rank d - r: the packed key moves by a constant
-                for i in range(dp1):
-                    perm[i] = d
-                for i in range(d):
-                    perm[kb[i]] = i
-                for r in range(dp1):
-                    if r > 0:
-                        j = perm[d - r + 1]
-                        pk += pones - dp1 * pu[j]
-                    h = _pmix(pk)
-                    mask = cap - 1
-                    slot = h & mask
-                    while True:
-                        k0 = table[2 * slot]
-                        if k0 == pk:
-                            lid = table[2 * slot + 1]
-                            break
-                        if k0 < 0:
-                            lid = cnt
-                            table[2 * slot] = pk
-                            table[2 * slot + 1] = lid
-                            hh[ebase + lid] = pk
-                            cnt += 1
-                            break
-                        slot = (slot + 1) & mask
-                    loc[e0 + r] = lid
-                    if 4 * cnt > cap:  # grow: rehash the stored keys (load <= 1/4)
-                        cap *= 2
-                        mask = cap - 1
-                        table = np.full(2 * cap, -1, np.int64)
-                        for q in range(cnt):
-                            a = hh[ebase + q]
-                            slot = _pmix(a) & mask
-                            while table[2 * slot] >= 0:
-                                slot = (slot + 1) & mask
-                            table[2 * slot] = a
-                            table[2 * slot + 1] = q
-        nloc[t] = -1 if bad else cnt
+        cnt, _ = _local_packed_task(
+            feats, scale, n, p0, p1, ebase, loc, bary, hh[ebase:], pbase, plim, pu, tables[t]
+        )
+        nloc[t] = cnt
 
 
 @njit(parallel=True, cache=True)
@@ -838,6 +860,21 @@ def _splat(vals, dp1, nblk, loc, bary, loff, buf):
             _scatter_tile(tmp, nb, (n * npix + q0) * dp1, dp1, lo, loc, bary, buf)
 
 
+@njit(cache=True)
+def _splat_masked_range(probs, roi, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp):
+    """Splat ``[probs * roi, roi]`` of pixels ``p0 .. p1`` of image ``n`` (entries from
+    ``e_first``) into rows ``lo + loc[e]`` of ``buf``; ``tmp`` is ``(_TILE, K + 1)``."""
+    k = probs.shape[1]
+    for q0 in range(p0, p1, _TILE):
+        nb = min(_TILE, p1 - q0)
+        for b in range(nb):
+            tmp[b, k] = roi[n, q0 + b]
+        for c in range(k):
+            for b in range(nb):
+                tmp[b, c] = probs[n, c, q0 + b] * tmp[b, k]
+        _scatter_tile(tmp, nb, e_first + (q0 - p0) * dp1, dp1, lo, loc, bary, buf)
+
+
 @njit(parallel=True, cache=True)
 def _splat_masked(probs, roi, dp1, nblk, loc, bary, loff, buf):
     """``_splat`` of the ``K + 1`` channels ``[probs * roi, roi]`` without forming them.
@@ -856,14 +893,8 @@ def _splat_masked(probs, roi, dp1, nblk, loc, bary, loff, buf):
         lo = loff[t]
         buf[lo : loff[t + 1]] = 0.0
         tmp = np.empty((_TILE, k + 1), probs.dtype)
-        for q0 in range(p0, p1, _TILE):
-            nb = min(_TILE, p1 - q0)
-            for b in range(nb):
-                tmp[b, k] = roi[n, q0 + b]
-            for c in range(k):
-                for b in range(nb):
-                    tmp[b, c] = probs[n, c, q0 + b] * tmp[b, k]
-            _scatter_tile(tmp, nb, (n * npix + q0) * dp1, dp1, lo, loc, bary, buf)
+        e_first = (n * npix + p0) * dp1
+        _splat_masked_range(probs, roi, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp)
 
 
 @njit(parallel=True, cache=True)
@@ -884,6 +915,17 @@ def _reduce(buf, ptr, idx, out):
         out[nvert, k] = 0.0
 
 
+@njit(cache=True)
+def _blur_rows(src, dst, nbr, j, v0, v1, half):
+    """Rows ``v0 .. v1`` of blur pass ``j``: ``dst[v] = src[v] + half (src[n1] + src[n2])``."""
+    nch = src.shape[1]
+    for v in range(v0, v1):
+        n1 = nbr[j, v, 0]
+        n2 = nbr[j, v, 1]
+        for k in range(nch):
+            dst[v, k] = src[v, k] + half * (src[n1, k] + src[n2, k])
+
+
 @njit(parallel=True, cache=True)
 def _blur(a, b, nbr, half):
     """d+1 passes ``new = old + half * (old[n1] + old[n2])``.
@@ -900,11 +942,7 @@ def _blur(a, b, nbr, half):
         src = a if j % 2 == 0 else b
         dst = b if j % 2 == 0 else a
         for c in prange(nchunk):
-            for v in range(c * _CHUNK, min(nvert, (c + 1) * _CHUNK)):
-                n1 = nbr[j, v, 0]
-                n2 = nbr[j, v, 1]
-                for k in range(nch):
-                    dst[v, k] = src[v, k] + half * (src[n1, k] + src[n2, k])
+            _blur_rows(src, dst, nbr, j, c * _CHUNK, min(nvert, (c + 1) * _CHUNK), half)
     return dp1 % 2
 
 
@@ -951,6 +989,19 @@ def _slice(lat, dp1, nblk, off, obase, bary, alpha, out):
                     out[n, k, q0 + b] = acc[b, k]
 
 
+@njit(cache=True)
+def _channel_dot_range(lat, ch, dp1, off, ob, bary, alpha, roi, n, p0, p1, e_first):
+    """``sum_p roi[n, p] * (W v)[ch, p]`` over pixels ``p0 .. p1`` (float64)."""
+    total = 0.0
+    for p in range(p0, p1):
+        e0 = e_first + (p - p0) * dp1
+        x = bary[e0] * alpha * lat[ob + off[e0], ch]
+        for r in range(1, dp1):
+            x += bary[e0 + r] * alpha * lat[ob + off[e0 + r], ch]
+        total += roi[n, p] * x
+    return total
+
+
 @njit(parallel=True, cache=True)
 def _slice_channel_dot(lat, ch, dp1, nblk, off, obase, bary, alpha, roi, part):
     """``part[t] = sum_p roi[p] * (W v)[ch, p]`` over task ``t``'s pixels (float64)."""
@@ -961,15 +1012,34 @@ def _slice_channel_dot(lat, ch, dp1, nblk, off, obase, bary, alpha, roi, part):
         n = t // nblk
         p0 = (t % nblk) * blk
         p1 = min(npix, p0 + blk)
-        ob = obase[t]
-        total = 0.0
-        for p in range(p0, p1):
-            e0 = (n * npix + p) * dp1
-            x = bary[e0] * alpha * lat[ob + off[e0], ch]
-            for r in range(1, dp1):
-                x += bary[e0 + r] * alpha * lat[ob + off[e0 + r], ch]
-            total += roi[n, p] * x
-        part[t] = total
+        e_first = (n * npix + p0) * dp1
+        part[t] = _channel_dot_range(
+            lat, ch, dp1, off, obase[t], bary, alpha, roi, n, p0, p1, e_first
+        )
+
+
+@njit(cache=True)
+def _potts_range(lat, dp1, off, ob, bary, alpha, probs, roi, n, p0, p1, e_first, c, want, grad):
+    """Slice and contract pixels ``p0 .. p1`` of image ``n`` (see ``_slice_potts``);
+    returns their energy (float64)."""
+    k = probs.shape[1]
+    two = probs.dtype.type(2.0)
+    acc = np.empty((_TILE, k + 1), probs.dtype)
+    total = 0.0
+    for q0 in range(p0, p1, _TILE):
+        nb = min(_TILE, p1 - q0)
+        _gather_tile(lat, nb, e_first + (q0 - p0) * dp1, dp1, ob, off, bary, alpha, acc)
+        tile = probs.dtype.type(0.0)
+        for j in range(k):
+            for b in range(nb):
+                r = roi[n, q0 + b]
+                wr = acc[b, k]
+                ws = acc[b, j]
+                tile += probs[n, j, q0 + b] * r * (wr - ws)
+                if want:
+                    grad[n, j, q0 + b] = c * r * (wr - two * ws)
+        total += tile
+    return total
 
 
 @njit(parallel=True, cache=True)
@@ -980,32 +1050,102 @@ def _slice_potts(lat, dp1, nblk, off, obase, bary, alpha, probs, roi, coef, want
     summed into ``part[t]`` (float64 per tile), and when ``want`` the gradient
     ``grad[n, k, p] = coef[n] * roi_p * ((W roi)_p - 2 (W S)_kp)`` is written.
     """
-    n_img, k, npix = probs.shape
+    n_img, _, npix = probs.shape
     ntask = n_img * nblk
     blk = (npix + nblk - 1) // nblk
-    two = probs.dtype.type(2.0)
     for t in prange(ntask):
         n = t // nblk
         p0 = (t % nblk) * blk
         p1 = min(npix, p0 + blk)
-        ob = obase[t]
-        c = coef[n]
-        acc = np.empty((_TILE, k + 1), probs.dtype)
-        total = 0.0
-        for q0 in range(p0, p1, _TILE):
-            nb = min(_TILE, p1 - q0)
-            _gather_tile(lat, nb, (n * npix + q0) * dp1, dp1, ob, off, bary, alpha, acc)
-            tile = probs.dtype.type(0.0)
-            for j in range(k):
-                for b in range(nb):
-                    r = roi[n, q0 + b]
-                    wr = acc[b, k]
-                    ws = acc[b, j]
-                    tile += probs[n, j, q0 + b] * r * (wr - ws)
-                    if want:
-                        grad[n, j, q0 + b] = c * r * (wr - two * ws)
-            total += tile
-        part[t] = total
+        e_first = (n * npix + p0) * dp1
+        part[t] = _potts_range(
+            lat, dp1, off, obase[t], bary, alpha, probs, roi, n, p0, p1, e_first,
+            coef[n], want, grad,
+        )  # fmt: skip
+
+
+@njit(cache=True)
+def _neighbours_local(hh, cnt, table, pu, nbr):
+    """Blur neighbours of one image's ``cnt`` vertices from its local ``(key, id)`` table.
+
+    As ``_build_neighbours_packed``: only ``v + step_j`` is looked up; finding it
+    also records ``v`` as its ``- step_j`` neighbour. Missing neighbours -> ``cnt``.
+    """
+    dp1 = nbr.shape[0]
+    d = dp1 - 1
+    cap = table.shape[0] // 2
+    pones = np.int64(0)
+    for i in range(d):
+        pones += pu[i]
+    for j in range(dp1):
+        for v in range(cnt):
+            nbr[j, v, 0] = cnt
+    for v in range(cnt):
+        pk = hh[v]
+        for j in range(dp1):
+            g2 = _find_packed(table, 0, cap, pk + pones - dp1 * pu[j])
+            if g2 < 0:
+                nbr[j, v, 1] = cnt
+            else:
+                nbr[j, v, 1] = g2
+                nbr[j, g2, 0] = v
+
+
+@njit(parallel=True, cache=True)
+def _potts_fused(
+    feats, scale, pbase, plim, pu, alpha, probs, roi, normalize, grad_scale, want,
+    grad, part, volume, counts, s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
+):  # fmt: skip
+    """Build, splat, blur and slice one image per task, never forming a batch lattice.
+
+    Each image's entries, keys, table, neighbours and lattice rows live in the
+    scratch row ``s_*[thread]`` of the thread that runs it, so they stay in that
+    core's cache from the build to the slice. The vertex numbering and every
+    floating-point operation are those of the batch path with one block per
+    image (``_build_local_packed`` ... ``_slice_potts``): results are identical.
+
+    ``counts[n]`` = the image's vertex count; -1 when a key is outside the
+    packable range (nothing else done for that image). When the count does not
+    fit the scratch rows (``s_lat_a.shape[1] - 1``), the image is left for the
+    caller to rerun with larger ones.
+    """
+    n_img, npix, d = feats.shape
+    dp1 = d + 1
+    k = probs.shape[1]
+    rows = s_lat_a.shape[1]
+    half = probs.dtype.type(0.5)
+    tiny = np.finfo(probs.dtype).tiny
+    for n in prange(n_img):
+        tid = numba.get_thread_id()
+        loc, bary, hh = s_loc[tid], s_bary[tid], s_hh[tid]
+        cnt, table = _local_packed_task(
+            feats, scale, n, 0, npix, 0, loc, bary, hh, pbase, plim, pu, s_table[tid]
+        )
+        counts[n] = cnt
+        if cnt < 0 or cnt + 1 > rows:
+            continue
+        nbr = s_nbr[tid]
+        _neighbours_local(hh, cnt, table, pu, nbr)
+        lat_a, lat_b = s_lat_a[tid], s_lat_b[tid]
+        lat_a[: cnt + 1] = 0.0
+        tmp = np.empty((_TILE, k + 1), probs.dtype)
+        _splat_masked_range(probs, roi, n, 0, npix, 0, dp1, 0, loc, bary, lat_a, tmp)
+        lat_b[cnt] = 0.0
+        for j in range(dp1):
+            if j % 2 == 0:
+                _blur_rows(lat_a, lat_b, nbr, j, 0, cnt, half)
+            else:
+                _blur_rows(lat_b, lat_a, nbr, j, 0, cnt, half)
+        lat = lat_b if dp1 % 2 == 1 else lat_a
+        vol = 1.0
+        if normalize:
+            vol = _channel_dot_range(lat, k, dp1, loc, 0, bary, alpha, roi, n, 0, npix, 0)
+            vol = max(vol, tiny)
+        c = probs.dtype.type(grad_scale / vol)
+        part[n] = _potts_range(
+            lat, dp1, loc, 0, bary, alpha, probs, roi, n, 0, npix, 0, c, want, grad
+        )
+        volume[n] = vol
 
 
 class _Threads:
@@ -1032,23 +1172,30 @@ def _scales(d: int) -> np.ndarray:
 
 @njit(parallel=True, cache=True)
 def _ranges(f):
-    """Per-dimension minimum and maximum of ``f`` ``(N, P, d)``: ``(2, d)`` float32 (row 0: min)."""
+    """Per-dimension minimum and maximum of ``f`` ``(N, P, d)``: ``(2, d)`` float32 (row 0:
+    min); all NaN when ``f`` holds a NaN or an infinity (``x - x`` is NaN exactly then)."""
     n_img, npix, d = f.shape
     part = np.empty((n_img, 2, d), np.float32)
+    nonfinite = np.zeros(n_img, np.bool_)
     for n in prange(n_img):
+        z = np.float32(0.0)
         for i in range(d):
             part[n, 0, i] = f[n, 0, i]
             part[n, 1, i] = f[n, 0, i]
         for p in range(npix):
             for i in range(d):
                 x = f[n, p, i]
+                z += x - x
                 part[n, 0, i] = min(part[n, 0, i], x)
                 part[n, 1, i] = max(part[n, 1, i], x)
+        nonfinite[n] = z != z
     out = part[0].copy()
     for n in range(1, n_img):
         for i in range(d):
             out[0, i] = min(out[0, i], part[n, 0, i])
             out[1, i] = max(out[1, i], part[n, 1, i])
+    if nonfinite.any():
+        out[:] = np.nan
     return out
 
 
@@ -1098,6 +1245,13 @@ def _pow2_at_least(x: np.ndarray) -> np.ndarray:
         out[small] *= 2
 
 
+#: Attributes of the batch lattice (built lazily, see ``NumbaLattice._ensure_built``).
+_BUILT_ATTRS = frozenset(
+    {"packed", "build_seconds", "direct", "num_vertices", "num_slots", "loff", "loc", "vid",
+     "obase", "bary", "nbr", "ptr", "idx"}
+)  # fmt: skip
+
+
 class NumbaLattice:
     """A lattice over a batch of ``N`` images of ``P`` pixels with ``d``-dim features.
 
@@ -1108,16 +1262,15 @@ class NumbaLattice:
     """
 
     def __init__(self, features: Tensor) -> None:
-        with _Threads(features.shape[0] * features.shape[1]):
-            self._build(features.numpy())
-
-    def _build(self, f: np.ndarray) -> None:
+        f = features.numpy()
         n_img, npix, d = f.shape
         dp1 = d + 1
+        with _Threads(n_img * npix):
+            rng = _ranges(f)
         scale = _scales(d)
-        rng = _ranges(f)
-        finite = bool(np.isfinite(rng).all())
-        fmax = float(np.abs(rng).max()) if finite else float(np.abs(f).max())
+        if not np.isfinite(rng).all():
+            raise ValueError("features contains NaN or Inf values")
+        fmax = float(np.abs(rng).max())
         if 2.0 * d * fmax * float(scale[0]) + 2 * dp1 >= _MAX_COORD:
             raise ValueError(
                 f"features reach |f| = {fmax:.3g}: lattice coordinates would overflow int32; "
@@ -1129,8 +1282,36 @@ class NumbaLattice:
                 f"features of shape {tuple(f.shape)} are too large for one lattice "
                 f"({nent} pixel-vertex entries, at most 2**31 - 1): split the batch"
             )
+        self.batch, self.num_pixels, self.dim = n_img, npix, d
+        self.nblk = _blocks_per_image(n_img, npix)
+        self.alpha = np.float32(1.0 / (1.0 + 2.0**-d))
+        self._f, self._scale = f, scale
+        self._pack = _pack_params(rng[0], rng[1], scale)
+        # the batch lattice is built on first use: Potts on one block per image
+        # runs fused per image (see ``_potts_fused``) and never needs it
+        self._built = False
+
+    def __getattr__(self, name: str) -> object:
+        # attributes of the batch lattice: build it on first access
+        if name in _BUILT_ATTRS and not self.__dict__.get("_built", True):
+            self._ensure_built()
+            return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _ensure_built(self) -> None:
+        if not self._built:
+            with _Threads(self.batch * self.num_pixels):
+                self._build(self._f)
+            self._built = True
+            del self._f
+
+    def _build(self, f: np.ndarray) -> None:
+        n_img, npix, d = f.shape
+        dp1 = d + 1
+        scale = self._scale
+        nent = n_img * npix * dp1
         clock = [time.perf_counter()]
-        nblk = _blocks_per_image(n_img, npix)
+        nblk = self.nblk
         ntask = n_img * nblk
         blk_entries = -(-npix // nblk) * dp1
         loc = _pool.empty(nent, np.int32)
@@ -1139,7 +1320,7 @@ class NumbaLattice:
         # ever written (untouched pages of a large np.empty cost no memory)
         hh = _pool.empty(nent, np.int64)
         nloc = np.zeros(ntask, np.int32)
-        pack = _pack_params(rng[0], rng[1], scale) if finite else None
+        pack = self._pack
         if pack is not None:
             pbase, plim, pu = pack
             # start each task's table at 4x the vertex count the last build
@@ -1212,18 +1393,14 @@ class NumbaLattice:
         self.build_seconds = dict(
             zip(("local", "merge", "offsets", "neighbours", "csr"), np.diff(clock).tolist())
         )
-        alpha = np.float32(1.0 / (1.0 + 2.0**-d))
-        self.batch, self.num_pixels, self.dim = n_img, npix, d
         self.num_vertices = nvert
         self.num_slots = nslot
-        self.nblk = nblk
         self.loff = loff
         self.loc = loc
         #: per entry, the global vertex minus ``obase[task]`` (int32)
         self.vid = off
         self.obase = obase
         self.bary = bary
-        self.alpha = alpha
         self.nbr = nbr
 
     @property
@@ -1303,6 +1480,12 @@ class NumbaLattice:
         """
         p = probs.detach().contiguous().numpy()
         r = roi.detach().contiguous().numpy()
+        want = grad_scale is not None
+        if not self._built and self.nblk == 1 and self._pack is not None:
+            fused = self._potts_fused(p, r, normalize, grad_scale)
+            if fused is not None:
+                return fused
+        self._ensure_built()
         dt = p.dtype
         n_img, k, _ = p.shape
         dp1 = self.dim + 1
@@ -1316,7 +1499,6 @@ class NumbaLattice:
                     lat, k, dp1, self.nblk, self.vid, self.obase, self.bary, self.alpha, r, part
                 )
                 volume = np.maximum(part.reshape(n_img, self.nblk).sum(1), np.finfo(dt).tiny)
-            want = grad_scale is not None
             coef = (float(grad_scale or 0.0) / volume).astype(dt)
             grad = _pool.empty(p.shape if want else (1, 1, 1), dt)
             part = np.empty(ntask)
@@ -1327,7 +1509,53 @@ class NumbaLattice:
         energy = torch.from_numpy((part.reshape(n_img, self.nblk).sum(1) / volume).astype(dt))
         return energy, torch.from_numpy(grad) if want else None
 
+    def _potts_fused(
+        self, p: np.ndarray, r: np.ndarray, normalize: bool, grad_scale: float | None
+    ) -> tuple[Tensor, Tensor | None] | None:
+        """:meth:`potts` image by image (``_potts_fused``); None if keys do not pack."""
+        f = self._f
+        n_img, npix, d = f.shape
+        dp1 = d + 1
+        k = p.shape[1]
+        dt = p.dtype
+        want = grad_scale is not None
+        pbase, plim, pu = self._pack
+        # scratch rows per thread (ids < NUMBA_NUM_THREADS); only touched pages
+        # cost memory, and the pool keeps them between calls
+        slots = numba.config.NUMBA_NUM_THREADS
+        nent = npix * dp1
+        want_cap = max(min(4 * _LAST_PER_TASK[0], 4 * nent), _TABLE0)
+        cap0 = 1 << (want_cap - 1).bit_length()
+        rows = min(nent, max(2 * _LAST_PER_TASK[0], _TABLE0)) + 1
+        counts = np.empty(n_img, np.int64)
+        part = np.empty(n_img)
+        volume = np.ones(n_img)
+        grad = _pool.empty(p.shape if want else (1, 1, 1), dt)
+        s_loc = _pool.empty((slots, nent), np.int32)
+        s_bary = _pool.empty((slots, nent), np.float32)
+        s_hh = _pool.empty((slots, nent), np.int64)
+        s_table = _pool.empty((slots, 2 * cap0), np.int64)
+        with _Threads(n_img * npix):
+            for _ in range(2):  # a second pass only if the rows were too few
+                s_nbr = _pool.empty((slots, dp1, rows, 2), np.int32)
+                s_lat_a = _pool.empty((slots, rows, k + 1), dt)
+                s_lat_b = _pool.empty((slots, rows, k + 1), dt)
+                _potts_fused(
+                    f, self._scale, pbase, plim, pu, self.alpha, p, r, bool(normalize),
+                    float(grad_scale or 0.0), want, grad, part, volume, counts,
+                    s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
+                )  # fmt: skip
+                if (counts < 0).any():
+                    return None
+                _LAST_PER_TASK[0] = max(int(counts.max()), 1)
+                if counts.max() + 1 <= rows:
+                    break
+                rows = int(counts.max()) + 1
+        energy = torch.from_numpy((part / volume).astype(dt))
+        return energy, torch.from_numpy(grad) if want else None
+
     def _apply(self, vals: np.ndarray, values: Tensor) -> Tensor:
+        self._ensure_built()
         dt = vals.dtype
         dp1 = self.dim + 1
         lat = self._splat_blur(_splat, (vals,), vals.shape[1], dt)
