@@ -7,6 +7,8 @@ case N=12, K=21, 256², sigma_rgb=15, sigma_xy=50), the CPU time
 * the lattice build, by phase (embedding + task-local hashing, merge, offsets,
   blur neighbours, splat reduction lists);
 * one filter of K+1 channels, by stage (splat, blur, slice);
+* ``Lattice.potts`` (build included) fused image by image, as the loss runs it,
+  and on the batch lattice;
 * DenseCRFLoss forward + backward, and the torch operators around the lattice
   (``torch.profiler``, self CPU time);
 * with ``--jit``: the first call (import + build + filter, 64²) in fresh
@@ -85,11 +87,17 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     class _CpuClock:
         perf_counter = staticmethod(time.process_time)
 
+    def full_build():
+        """The batch lattice (built lazily: Potts on one block per image never needs it)."""
+        lattice = _numba.build(flat)
+        lattice._ensure_built()
+        return lattice
+
     _numba.time = _CpuClock  # type: ignore[assignment]
     try:
-        lat = _numba.build(flat)
+        lat = full_build()
         for _ in range(repeats):
-            lat = _numba.build(flat)
+            lat = full_build()
             for key, sec in lat.build_seconds.items():
                 phases.setdefault(key, []).append(1e3 * sec)
     finally:
@@ -98,7 +106,7 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
         f"case N={n} K={k} {h}x{w}: {lat.num_vertices} vertices, {lat.nblk} block(s)/image, "
         f"{'packed' if lat.packed else 'full'} keys"
     )
-    cpu, wall = _cpu_median(lambda: _numba.build(flat), repeats)
+    cpu, wall = _cpu_median(full_build, repeats)
     print(f"build: CPU {cpu:.1f} ms (wall {wall:.1f})")
     for key, vals_ms in phases.items():
         print(f"  {key:<11} CPU {statistics.median(vals_ms):7.1f} ms")
@@ -131,6 +139,21 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     }
     for name, fn in stages.items():
         print(f"  {name:<11} CPU {_cpu_median(fn, repeats)[0]:7.1f} ms")
+
+    # Lattice.potts: fused per image (the loss's path when blocks == 1) vs batch lattice
+    from rloss.lattice import Lattice
+
+    roi = torch.ones(n, h, w)
+
+    def potts(prebuilt: bool):
+        lattice = Lattice(feats, backend="numba")
+        if prebuilt:
+            lattice._impl._ensure_built()
+        return lattice.potts(probs, roi, grad_scale=1.0 / n)
+
+    for label, prebuilt in (("per image (fused)", False), ("batch lattice", True)):
+        cpu, wall = _cpu_median(lambda prebuilt=prebuilt: potts(prebuilt), repeats)
+        print(f"Lattice + potts, {label}: CPU {cpu:.1f} ms (wall {wall:.1f})")
 
     # the loss, and the torch operators around the lattice
     loss_fn = DenseCRFLoss(weight=2e-9, sigma_rgb=SIGMA_RGB, sigma_xy=SIGMA_XY, backend="numba")

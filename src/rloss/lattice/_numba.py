@@ -603,6 +603,12 @@ def _local_packed_task(feats, scale, n, p0, p1, e_first, loc, bary, hh, pbase, p
     on entry does not matter; a power-of-two number of slots). Returns
     ``(count, table)``: the number of vertices (-1 when a remainder-0 point is
     outside the packable range) and the table, regrown when it filled past 1/4.
+
+    Per block of ``_EMBED`` pixels the packed keys of all d+1 vertices are
+    computed first, branch-free over pixels (vertex r of a simplex is the
+    remainder-0 point plus ``r (1, ..., 1)`` minus ``d+1`` along every coordinate
+    of rank above ``d - r``); then they are looked up one after the other. A
+    pixel in the same simplex as the previous one copies its ids unhashed.
     """
     d = feats.shape[2]
     dp1 = d + 1
@@ -613,63 +619,64 @@ def _local_packed_task(feats, scale, n, p0, p1, e_first, loc, bary, hh, pbase, p
     sm = np.empty(nb_max, np.float32)
     ssum = np.empty(nb_max, np.int32)
     vr = np.empty((dp1, nb_max), np.float32)
-    ka = np.empty(d, np.int32)
-    kb = np.empty(d, np.int32)
-    prev_a = np.empty(d, np.int32)
-    prev_b = np.empty(d, np.int32)
-    perm = np.empty(dp1, np.int32)
-    have_prev = False
-    prev_e = 0
+    keys = np.empty((dp1, nb_max), np.int64)
+    same = np.empty(nb_max, np.bool_)
+    prev = np.full(2 * d, -1, np.int32)  # remainder-0 point and ranks of the last pixel
     cnt = 0
     pones = np.int64(0)
     for i in range(d):
         pones += pu[i]
     table[:] = -1
     cap = table.shape[0] // 2
+    prev_e = -1
     for q0 in range(p0, p1, nb_max):
         nb = min(nb_max, p1 - q0)
         eq = e_first + (q0 - p0) * dp1
         _embed_block(feats, scale, n, q0, nb, eq, el, r0, rk, sm, ssum, vr, bary)
+        # keys of every vertex, and whether any remainder-0 point is out of range
+        out = np.int32(0)
+        for b in range(nb):
+            keys[0, b] = 0
+        for i in range(d):
+            base = pbase[i]
+            lim = plim[i]
+            unit = pu[i]
+            for b in range(nb):
+                f = np.int64(r0[i, b]) - base
+                out |= np.int32(f < 2 * dp1) | np.int32(f >= lim)
+                keys[0, b] += f * unit
+        if out:
+            return -1, table
+        for r in range(1, dp1):
+            for b in range(nb):
+                keys[r, b] = keys[0, b] + r * pones
+            for i in range(d):
+                step = dp1 * pu[i]
+                for b in range(nb):
+                    keys[r, b] -= step * np.int64(rk[i, b] > d - r)
+        # same simplex as the previous pixel (remainder-0 point and ranks equal)
+        for b in range(nb):
+            diff = np.int32(0)
+            if b == 0:
+                for i in range(d):
+                    diff |= (r0[i, 0] ^ prev[i]) | (rk[i, 0] ^ prev[d + i])
+            else:
+                for i in range(d):
+                    diff |= (r0[i, b] ^ r0[i, b - 1]) | (rk[i, b] ^ rk[i, b - 1])
+            same[b] = diff == 0
+        for i in range(d):
+            prev[i] = r0[i, nb - 1]
+            prev[d + i] = rk[i, nb - 1]
         for b in range(nb):
             e0 = eq + b * dp1
-            for i in range(d):
-                ka[i] = r0[i, b]
-                kb[i] = rk[i, b]
-            # same simplex as the previous pixel: reuse its vertex ids unhashed
-            if have_prev:
-                diff = np.int32(0)
-                for i in range(d):
-                    diff |= (ka[i] ^ prev_a[i]) | (kb[i] ^ prev_b[i])
-                if diff == 0:
-                    for r in range(dp1):
-                        loc[e0 + r] = loc[prev_e + r]
-                    prev_e = e0
-                    continue
-            have_prev = True
-            for i in range(d):
-                prev_a[i] = ka[i]
-                prev_b[i] = kb[i]
+            if same[b] and prev_e >= 0:
+                for r in range(dp1):
+                    loc[e0 + r] = loc[prev_e + r]
+                prev_e = e0
+                continue
             prev_e = e0
-            # packed key of vertex 0 (the remainder-0 point)
-            pk = np.int64(0)
-            bad = False
-            for i in range(d):
-                f = np.int64(ka[i]) - pbase[i]
-                if f < 2 * dp1 or f >= plim[i]:
-                    bad = True
-                pk += f * pu[i]
-            if bad:
-                return -1, table
-            # vertex r+1 = vertex r + (1, ..., 1) - (d+1) e_j, j the coordinate of
-            # rank d - r: the packed key moves by a constant
-            for i in range(dp1):
-                perm[i] = d
-            for i in range(d):
-                perm[kb[i]] = i
             for r in range(dp1):
-                if r > 0:
-                    j = perm[d - r + 1]
-                    pk += pones - dp1 * pu[j]
+                pk = keys[r, b]
                 mask = cap - 1
                 slot = _pmix(pk) & mask
                 while True:
