@@ -91,3 +91,15 @@ def test_clear_releases_everything():
 def test_size_class_wastes_at_most_an_eighth(nbytes):
     size = _pool._size_class(nbytes)
     assert nbytes <= size <= nbytes * 1.125 + 1
+
+
+def test_release_memory_returns_the_idle_bytes():
+    from rloss.lattice import release_memory
+
+    a = _pool.empty(3 << 20, np.uint8)
+    del a
+    gc.collect()
+    idle = _pool.idle_bytes()
+    assert idle > 0
+    assert release_memory() == idle
+    assert _pool.idle_bytes() == 0
