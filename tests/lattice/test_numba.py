@@ -254,3 +254,16 @@ def test_wide_features_not_packed():
     assert not lat.packed
     out = lat.apply(values)
     assert out.shape == values.shape and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 3), (2, 1, 5), (3, 130, 4), (2, 64, 2), (1, 200, 5)])
+def test_range_pass_equals_numpy_and_flags_non_finite(shape):
+    from rloss.lattice import _numba
+
+    a = (np.random.default_rng(0).random(shape, dtype=np.float32) * 10 - 3).astype(np.float32)
+    want = np.stack([a.reshape(-1, shape[2]).min(0), a.reshape(-1, shape[2]).max(0)])
+    assert np.array_equal(_numba._ranges(a), want)
+    for bad in (np.inf, -np.inf, np.nan):
+        b = a.copy()
+        b[-1, -1, -1] = bad
+        assert np.isnan(_numba._ranges(b)).all()

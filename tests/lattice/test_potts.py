@@ -198,3 +198,55 @@ def test_numba_build_rejects_non_finite_features():
     feats[1, 3, 2, 2] = float("nan")
     with pytest.raises(ValueError, match="features contains NaN or Inf"):
         Lattice(feats, backend="numba")
+
+
+def _want_stats(probs, roi):
+    s = probs.double().sum(1)
+    err = ((s - 1).abs() * (roi > 0)).max()
+    return float(probs.min()), float(probs.max()), float(err)
+
+
+@pytest.mark.parametrize("path", ["torch", "numba-fused", "numba-batch", "numba-blocks"])
+def test_potts_probs_stats(path):
+    """Statistics for validating probs: min, max, largest |Σ−1| over roi > 0, finite."""
+    n = 1 if path == "numba-blocks" else 8
+    h, w = (96, 96) if path == "numba-blocks" else (10, 12)
+    feats, probs, roi = _batch(n, 3, h, w)
+    probs = probs * 1.003  # sums 1.003 everywhere
+    probs[0, 1, 2, 3] = -0.02
+    probs[-1, 0, 4, 5] = 1.5  # roi 0 there: counts for max, not for the sum error
+    roi[-1, 4, 5] = 0.0
+    lat = Lattice(feats, backend="torch" if path == "torch" else "numba")
+    if path == "numba-batch":
+        lat._impl._ensure_built()
+    _, _, stats = lat.potts(probs, roi, grad_scale=1.0, probs_stats=True)
+    lo, hi, err = _want_stats(probs, roi)
+    assert stats.finite
+    assert stats.min == pytest.approx(lo) and stats.max == pytest.approx(hi)
+    assert stats.sum_error == pytest.approx(err, rel=1e-5)
+    for bad in (float("nan"), float("inf")):
+        p2 = probs.clone()
+        p2[0, 2, 1, 1] = bad
+        assert not lat.potts(p2, roi, probs_stats=True)[2].finite
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [("nan", "NaN or Inf"), ("logits", "did you pass logits"), ("unnormalised", "sum to 1")],
+)
+def test_densecrf_loss_validates_probs_on_cpu(backend, change, match):
+    """The DenseCRF loss checks probabilities from the lattice's statistics (CPU)."""
+    from rloss.losses import densecrf_loss
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(8, 3, 10, 10, generator=g) * 255
+    probs = torch.randn(8, 4, 10, 10, generator=g).softmax(1)
+    if change == "nan":
+        probs[3, 1, 2, 2] = float("nan")
+    elif change == "logits":
+        probs = torch.randn(8, 4, 10, 10, generator=g) * 3
+    else:
+        probs = probs * 0.9
+    with pytest.raises(ValueError, match=match):
+        densecrf_loss(image, probs, sigma_xy=5.0, backend=backend)

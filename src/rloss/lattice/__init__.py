@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,6 +35,7 @@ from torch import Tensor
 __all__ = [
     "BACKENDS",
     "Lattice",
+    "ProbsStats",
     "bilateral_features",
     "default_backend",
     "gaussian_filter",
@@ -68,6 +69,19 @@ def _check_finite(name: str, t: Tensor) -> None:
     lo, hi = torch.aminmax(t.detach())
     if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         raise ValueError(f"{name} contains NaN or Inf values")
+
+
+class ProbsStats(NamedTuple):
+    """Value statistics of the ``probs`` given to :meth:`Lattice.potts` (for validation)."""
+
+    #: Smallest value.
+    min: float
+    #: Largest value.
+    max: float
+    #: Largest ``|sum_k probs_k - 1|`` over pixels with ``roi > 0`` (0 if there are none).
+    sum_error: float
+    #: False when some value is NaN or infinite (then min and max are not meaningful).
+    finite: bool
 
 
 def bilateral_features(
@@ -264,7 +278,8 @@ class Lattice:
         *,
         normalize: bool = False,
         grad_scale: float | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
+        probs_stats: bool = False,
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, ProbsStats]:
         r"""Relaxed Potts energy per image and its gradient, from one filtering pass.
 
         With ``S̃ = probs ⊙ roi``::
@@ -286,9 +301,14 @@ class Lattice:
             normalize: divide each image's energy (and gradient) by ``roiᵀ W roi``
                 (floored at the dtype's smallest normal number).
             grad_scale: the factor of ``G``; ``None`` computes no gradient.
+            probs_stats: also return :class:`ProbsStats` of ``probs`` (reads
+                values back to the host). The numba backend gathers them in
+                its splat, at no extra pass over ``probs``; the losses use this
+                to validate probabilities on the CPU.
 
         Returns:
-            ``(E (N,), G (N, K, *spatial) or None)`` in ``probs``'s dtype.
+            ``(E (N,), G (N, K, *spatial) or None)`` in ``probs``'s dtype, plus
+            the :class:`ProbsStats` when ``probs_stats``.
         """
         self._check_values(probs)
         if probs.dtype not in (torch.float32, torch.float64):
@@ -303,13 +323,17 @@ class Lattice:
             )
         fused = getattr(self._impl, "potts", None)
         if fused is not None:
-            energy, grad = fused(
+            energy, grad, stats = fused(
                 probs.reshape(n, k, self.num_pixels),
                 roi.reshape(n, self.num_pixels),
                 bool(normalize),
                 grad_scale,
             )
-            return energy, None if grad is None else grad.reshape(probs.shape)
+            grad = None if grad is None else grad.reshape(probs.shape)
+            return (energy, grad, ProbsStats(*stats)) if probs_stats else (energy, grad)
+        if probs_stats:
+            stats = _probs_stats(probs, roi)  # before the in-place work below
+            return (*self._potts_by_filter(probs, roi, bool(normalize), grad_scale), stats)
         return self._potts_by_filter(probs, roi, bool(normalize), grad_scale)
 
     def _potts_by_filter(
@@ -339,6 +363,16 @@ class Lattice:
         scale = r * coef.view(n, *([1] * (r.dim() - 1)))
         grad = diff.mul_(2.0).sub_(wr).mul_(scale)
         return energy, grad
+
+
+def _probs_stats(probs: Tensor, roi: Tensor) -> ProbsStats:
+    """:class:`ProbsStats` with torch reductions (backends without a fused splat)."""
+    lo, hi = torch.aminmax(probs.detach())
+    err = (probs.detach().sum(1) - 1.0).abs() * (roi > 0)
+    worst = float(err.max()) if err.numel() else 0.0
+    lo_f, hi_f = float(lo), float(hi)
+    finite = math.isfinite(lo_f) and math.isfinite(hi_f) and math.isfinite(worst)
+    return ProbsStats(lo_f, hi_f, worst, finite)
 
 
 def gaussian_filter(features: Tensor, values: Tensor, backend: str | None = None) -> Tensor:

@@ -231,9 +231,7 @@ def _embed_block(feats, scale, n, q0, nb, e_first, el, r0, rk, sm, ssum, vr, bar
     for i in range(d):
         for j in range(i + 1, dp1):
             for b in range(nb):
-                lt = np.int32(
-                    el[i, b] - np.float32(r0[i, b]) < el[j, b] - np.float32(r0[j, b])
-                )
+                lt = np.int32(el[i, b] - np.float32(r0[i, b]) < el[j, b] - np.float32(r0[j, b]))
                 rk[i, b] += lt
                 rk[j, b] += 1 - lt
     # back onto the plane
@@ -868,27 +866,64 @@ def _splat(vals, dp1, nblk, loc, bary, loff, buf):
 
 
 @njit(cache=True)
-def _splat_masked_range(probs, roi, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp):
+def _splat_masked_range(probs, roi, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp, stats):
     """Splat ``[probs * roi, roi]`` of pixels ``p0 .. p1`` of image ``n`` (entries from
-    ``e_first``) into rows ``lo + loc[e]`` of ``buf``; ``tmp`` is ``(_TILE, K + 1)``."""
+    ``e_first``) into rows ``lo + loc[e]`` of ``buf``; ``tmp`` is ``(_TILE, K + 1)``.
+
+    While the values pass through, folds the probability checks into ``stats``
+    (float64, 4): ``[0]`` min and ``[1]`` max of ``probs``, ``[2]`` the largest
+    ``|sum_k probs_k - 1|`` over pixels with ``roi > 0``, ``[3]`` a sum that is
+    NaN exactly when some value is NaN or infinite (then a pixel sum is).
+    """
     k = probs.shape[1]
+    dt = probs.dtype
+    psum = np.empty(_TILE, dt)
+    pmin = np.empty(_TILE, dt)
+    pmax = np.empty(_TILE, dt)
     for q0 in range(p0, p1, _TILE):
         nb = min(_TILE, p1 - q0)
         for b in range(nb):
             tmp[b, k] = roi[n, q0 + b]
-        for c in range(k):
+            x = probs[n, 0, q0 + b]
+            psum[b] = x
+            pmin[b] = x
+            pmax[b] = x
+            tmp[b, 0] = x * tmp[b, k]
+        for c in range(1, k):
             for b in range(nb):
-                tmp[b, c] = probs[n, c, q0 + b] * tmp[b, k]
+                x = probs[n, c, q0 + b]
+                tmp[b, c] = x * tmp[b, k]
+                psum[b] += x
+                pmin[b] = x if x < pmin[b] else pmin[b]
+                pmax[b] = x if x > pmax[b] else pmax[b]
+        for b in range(nb):
+            sb = np.float64(psum[b])
+            stats[3] += sb - sb
+            stats[0] = min(stats[0], np.float64(pmin[b]))
+            stats[1] = max(stats[1], np.float64(pmax[b]))
+            if tmp[b, k] > 0:
+                stats[2] = max(stats[2], abs(sb - 1.0))
         _scatter_tile(tmp, nb, e_first + (q0 - p0) * dp1, dp1, lo, loc, bary, buf)
 
 
+@njit(cache=True)
+def _stats_init(stats):
+    """Start values of the ``stats`` rows of ``_splat_masked_range``."""
+    for t in range(stats.shape[0]):
+        stats[t, 0] = np.inf
+        stats[t, 1] = -np.inf
+        stats[t, 2] = 0.0
+        stats[t, 3] = 0.0
+
+
 @njit(parallel=True, cache=True)
-def _splat_masked(probs, roi, dp1, nblk, loc, bary, loff, buf):
+def _splat_masked(probs, roi, stats, dp1, nblk, loc, bary, loff, buf):
     """``_splat`` of the ``K + 1`` channels ``[probs * roi, roi]`` without forming them.
 
     ``probs`` is ``(N, K, P)``, ``roi`` ``(N, P)``; the products are those the
     caller would compute (same rounding), so the result equals ``_splat`` of the
-    concatenation bit for bit.
+    concatenation bit for bit. ``stats[t]`` gets task ``t``'s probability
+    statistics (see ``_splat_masked_range``).
     """
     _, k, npix = probs.shape
     ntask = loff.shape[0] - 1
@@ -901,7 +936,7 @@ def _splat_masked(probs, roi, dp1, nblk, loc, bary, loff, buf):
         buf[lo : loff[t + 1]] = 0.0
         tmp = np.empty((_TILE, k + 1), probs.dtype)
         e_first = (n * npix + p0) * dp1
-        _splat_masked_range(probs, roi, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp)
+        _splat_masked_range(probs, roi, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp, stats[t])
 
 
 @njit(parallel=True, cache=True)
@@ -1101,7 +1136,7 @@ def _neighbours_local(hh, cnt, table, pu, nbr):
 @njit(parallel=True, cache=True)
 def _potts_fused(
     feats, scale, pbase, plim, pu, alpha, probs, roi, normalize, grad_scale, want,
-    grad, part, volume, counts, s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
+    grad, part, volume, stats, counts, s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
 ):  # fmt: skip
     """Build, splat, blur and slice one image per task, never forming a batch lattice.
 
@@ -1114,7 +1149,8 @@ def _potts_fused(
     ``counts[n]`` = the image's vertex count; -1 when a key is outside the
     packable range (nothing else done for that image). When the count does not
     fit the scratch rows (``s_lat_a.shape[1] - 1``), the image is left for the
-    caller to rerun with larger ones.
+    caller to rerun with larger ones. ``stats[n]`` gets the image's probability
+    statistics (see ``_splat_masked_range``).
     """
     n_img, npix, d = feats.shape
     dp1 = d + 1
@@ -1136,7 +1172,7 @@ def _potts_fused(
         lat_a, lat_b = s_lat_a[tid], s_lat_b[tid]
         lat_a[: cnt + 1] = 0.0
         tmp = np.empty((_TILE, k + 1), probs.dtype)
-        _splat_masked_range(probs, roi, n, 0, npix, 0, dp1, 0, loc, bary, lat_a, tmp)
+        _splat_masked_range(probs, roi, n, 0, npix, 0, dp1, 0, loc, bary, lat_a, tmp, stats[n])
         lat_b[cnt] = 0.0
         for j in range(dp1):
             if j % 2 == 0:
@@ -1153,6 +1189,12 @@ def _potts_fused(
             lat, dp1, loc, 0, bary, alpha, probs, roi, n, 0, npix, 0, c, want, grad
         )
         volume[n] = vol
+
+
+def _stats_summary(stats: np.ndarray) -> tuple[float, float, float, bool]:
+    """Reduce per-task ``stats`` rows (``_splat_masked_range``) to ``(min, max, err, finite)``."""
+    finite = bool(np.isfinite(stats[:, 3]).all())
+    return float(stats[:, 0].min()), float(stats[:, 1].max()), float(stats[:, 2].max()), finite
 
 
 class _Threads:
@@ -1177,25 +1219,55 @@ def _scales(d: int) -> np.ndarray:
     return np.array([inv_std / math.sqrt((i + 1) * (i + 2)) for i in range(d)], np.float32)
 
 
+#: Pixels per block of the range pass (block rows are read as one contiguous run).
+_RANGE_BLOCK = 64
+
+
 @njit(parallel=True, cache=True)
 def _ranges(f):
     """Per-dimension minimum and maximum of ``f`` ``(N, P, d)``: ``(2, d)`` float32 (row 0:
-    min); all NaN when ``f`` holds a NaN or an infinity (``x - x`` is NaN exactly then)."""
+    min); all NaN when ``f`` holds a NaN or an infinity (``x - x`` is NaN exactly then).
+
+    Each image is read as consecutive runs of ``_RANGE_BLOCK * d`` values folded
+    element-wise into running minima, maxima and ``x - x`` sums (no reduction
+    inside the loop, so it vectorises); the lanes are reduced per dimension at the end.
+    """
     n_img, npix, d = f.shape
+    run = _RANGE_BLOCK * d
     part = np.empty((n_img, 2, d), np.float32)
     nonfinite = np.zeros(n_img, np.bool_)
     for n in prange(n_img):
-        z = np.float32(0.0)
+        flat = f[n].reshape(npix * d)
+        mn = np.empty(run, np.float32)
+        mx = np.empty(run, np.float32)
+        z = np.zeros(run, np.float32)
+        for j in range(run):
+            x = flat[j % d]  # pixel 0, dimension j mod d
+            mn[j] = x
+            mx[j] = x
+        full = (npix // _RANGE_BLOCK) * run
+        for start in range(0, full, run):
+            for j in range(run):
+                x = flat[start + j]
+                z[j] += x - x
+                mn[j] = x if x < mn[j] else mn[j]
+                mx[j] = x if x > mx[j] else mx[j]
+        for j in range(full, npix * d):  # the last partial run
+            x = flat[j]
+            i = j % d
+            z[i] += x - x
+            mn[i] = x if x < mn[i] else mn[i]
+            mx[i] = x if x > mx[i] else mx[i]
+        bad = False
         for i in range(d):
-            part[n, 0, i] = f[n, 0, i]
-            part[n, 1, i] = f[n, 0, i]
-        for p in range(npix):
-            for i in range(d):
-                x = f[n, p, i]
-                z += x - x
-                part[n, 0, i] = min(part[n, 0, i], x)
-                part[n, 1, i] = max(part[n, 1, i], x)
-        nonfinite[n] = z != z
+            part[n, 0, i] = mn[i]
+            part[n, 1, i] = mx[i]
+        for j in range(run):
+            i = j % d
+            bad |= z[j] != z[j]
+            part[n, 0, i] = min(part[n, 0, i], mn[j])
+            part[n, 1, i] = max(part[n, 1, i], mx[j])
+        nonfinite[n] = bad
     out = part[0].copy()
     for n in range(1, n_img):
         for i in range(d):
@@ -1472,7 +1544,7 @@ class NumbaLattice:
 
     def potts(
         self, probs: Tensor, roi: Tensor, normalize: bool, grad_scale: float | None
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, tuple[float, float, float, bool]]:
         """Fused Potts energy: see :meth:`rloss.lattice.Lattice.potts`.
 
         Args:
@@ -1482,8 +1554,10 @@ class NumbaLattice:
             grad_scale: factor of the gradient, or ``None`` for no gradient.
 
         Returns:
-            ``(energy (N,), grad (N, K, P) or None)`` in ``probs``'s dtype
-            (energies are summed in float64).
+            ``(energy (N,), grad (N, K, P) or None, stats)`` in ``probs``'s
+            dtype (energies are summed in float64); ``stats`` = ``(min, max,
+            largest |sum_k probs - 1| where roi > 0, all finite)`` of ``probs``,
+            folded into the splat at no extra pass.
         """
         p = probs.detach().contiguous().numpy()
         r = roi.detach().contiguous().numpy()
@@ -1498,7 +1572,9 @@ class NumbaLattice:
         dp1 = self.dim + 1
         ntask = n_img * self.nblk
         with _Threads(self.batch * self.num_pixels):
-            lat = self._splat_blur(_splat_masked, (p, r), k + 1, dt)
+            stats = np.empty((ntask, 4))
+            _stats_init(stats)
+            lat = self._splat_blur(_splat_masked, (p, r, stats), k + 1, dt)
             volume = np.ones(n_img)
             if normalize:
                 part = np.empty(ntask)
@@ -1514,11 +1590,11 @@ class NumbaLattice:
                 p, r, coef, want, grad, part,
             )  # fmt: skip
         energy = torch.from_numpy((part.reshape(n_img, self.nblk).sum(1) / volume).astype(dt))
-        return energy, torch.from_numpy(grad) if want else None
+        return energy, torch.from_numpy(grad) if want else None, _stats_summary(stats)
 
     def _potts_fused(
         self, p: np.ndarray, r: np.ndarray, normalize: bool, grad_scale: float | None
-    ) -> tuple[Tensor, Tensor | None] | None:
+    ) -> tuple[Tensor, Tensor | None, tuple[float, float, float, bool]] | None:
         """:meth:`potts` image by image (``_potts_fused``); None if keys do not pack."""
         f = self._f
         n_img, npix, d = f.shape
@@ -1535,6 +1611,7 @@ class NumbaLattice:
         cap0 = 1 << (want_cap - 1).bit_length()
         rows = min(nent, max(2 * _LAST_PER_TASK[0], _TABLE0)) + 1
         counts = np.empty(n_img, np.int64)
+        stats = np.empty((n_img, 4))
         part = np.empty(n_img)
         volume = np.ones(n_img)
         grad = _pool.empty(p.shape if want else (1, 1, 1), dt)
@@ -1547,9 +1624,10 @@ class NumbaLattice:
                 s_nbr = _pool.empty((slots, dp1, rows, 2), np.int32)
                 s_lat_a = _pool.empty((slots, rows, k + 1), dt)
                 s_lat_b = _pool.empty((slots, rows, k + 1), dt)
+                _stats_init(stats)
                 _potts_fused(
                     f, self._scale, pbase, plim, pu, self.alpha, p, r, bool(normalize),
-                    float(grad_scale or 0.0), want, grad, part, volume, counts,
+                    float(grad_scale or 0.0), want, grad, part, volume, stats, counts,
                     s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
                 )  # fmt: skip
                 if (counts < 0).any():
@@ -1559,7 +1637,7 @@ class NumbaLattice:
                     break
                 rows = int(counts.max()) + 1
         energy = torch.from_numpy((part / volume).astype(dt))
-        return energy, torch.from_numpy(grad) if want else None
+        return energy, torch.from_numpy(grad) if want else None, _stats_summary(stats)
 
     def _apply(self, vals: np.ndarray, values: Tensor) -> Tensor:
         self._ensure_built()

@@ -106,35 +106,63 @@ def check_image(image: object, name: str = "image") -> Tensor:
     return image
 
 
-def check_probs(probs: object, roi: Tensor | None = None, name: str = "probs") -> Tensor:
+def check_probs(
+    probs: object, roi: Tensor | None = None, name: str = "probs", *, values: bool = True
+) -> Tensor:
     """Validate ``(N, K, H, W)`` probabilities: finite, in 0..1, summing to 1 over K.
 
     The sum-to-one check is made only where ``roi > 0`` (pixels outside the
     region of interest are ignored by the losses and may hold anything finite).
     The value checks run for CPU tensors only; on an accelerator only the shape
-    and dtype are checked (no host sync).
+    and dtype are checked (no host sync). ``values=False`` checks shape and
+    dtype only: the DenseCRF loss validates the values later from statistics
+    its lattice gathers while reading them anyway (see :func:`check_probs_stats`).
     """
     probs = check_float_tensor(name, probs, 4, "(N, K, H, W)")
-    if not host_values(probs):
+    if not values or not host_values(probs):
         return probs
-    tol = PROBS_TOL_HALF if probs.dtype in _HALF_DTYPES else PROBS_TOL
     lo, hi = _minmax(name, probs)
+    err = (probs.detach().sum(1, dtype=torch.float32) - 1.0).abs()
+    if roi is not None:
+        err = err * (roi.detach() > 0)
+    check_probs_stats(lo, hi, float(err.max()), True, probs.dtype, probs.shape[1], name)
+    return probs
+
+
+def check_probs_stats(
+    lo: float,
+    hi: float,
+    sum_error: float,
+    finite: bool,
+    dtype: torch.dtype,
+    num_classes: int,
+    name: str = "probs",
+) -> None:
+    """The value errors of :func:`check_probs`, from precomputed statistics.
+
+    Args:
+        lo: smallest value.
+        hi: largest value.
+        sum_error: largest ``|sum_k probs_k - 1|`` over the pixels that count.
+        finite: False when some value is NaN or infinite.
+        dtype: the caller's dtype (half precision gets a looser tolerance).
+        num_classes: K, for the message.
+        name: argument name for the message.
+    """
+    if not finite:
+        raise ValueError(f"{name} contains NaN or Inf values")
+    tol = PROBS_TOL_HALF if dtype in _HALF_DTYPES else PROBS_TOL
     if lo < -tol or hi > 1.0 + tol:
         raise ValueError(
             f"{name} must be probabilities in 0..1 (softmax over dim 1), "
             f"got values in [{lo:.4g}, {hi:.4g}]; did you pass logits?"
         )
-    err = (probs.detach().sum(1, dtype=torch.float32) - 1.0).abs()
-    if roi is not None:
-        err = err * (roi.detach() > 0)
-    worst = float(err.max())
-    if worst > tol:
+    if sum_error > tol:
         raise ValueError(
-            f"{name} must sum to 1 over the class dimension (dim 1, K={probs.shape[1]}), "
-            f"got a pixel whose sum differs from 1 by {worst:.3g} (tolerance {tol:g}); "
+            f"{name} must sum to 1 over the class dimension (dim 1, K={num_classes}), "
+            f"got a pixel whose sum differs from 1 by {sum_error:.3g} (tolerance {tol:g}); "
             "apply softmax(dim=1) first"
         )
-    return probs
 
 
 def check_roi(roi: object, probs: Tensor, name: str = "roi") -> Tensor:

@@ -54,13 +54,16 @@ def prepare_pairwise(
     sigma_xy: float,
     scale_factor: float,
     backend: str | None,
+    check_probs_values: bool = True,
 ) -> tuple[Lattice, Tensor, Tensor]:
     """Validate, cast, downscale and build the lattice shared by the pairwise losses.
 
     Must run with autocast disabled. Returns ``(lattice, probs_c, roi_c)`` where
     ``probs_c`` ``(N, K, h, w)`` is in the compute dtype (float64 for float64
     ``probs``, float32 otherwise) and still attached to ``probs``'s graph, and
-    ``roi_c`` ``(N, h, w)`` is detached, same dtype.
+    ``roi_c`` ``(N, h, w)`` is detached, same dtype. With
+    ``check_probs_values=False`` only the shape and dtype of ``probs`` are
+    checked here (the caller validates the values it passes to the lattice).
     """
     probs = _checks.check_float_tensor("probs", probs, 4, "(N, K, H, W)")
     image = _checks.check_float_tensor("image", image, 4, "(N, C, H, W)")
@@ -68,7 +71,7 @@ def prepare_pairwise(
     _checks.check_spatial_match(image, probs)
     roi_t = _checks.check_roi(roi, probs)
     _checks.check_image(image)
-    _checks.check_probs(probs, roi_t)
+    _checks.check_probs(probs, roi_t, values=check_probs_values)
     sigma_rgb = _checks.check_positive("sigma_rgb", sigma_rgb)
     sigma_xy = _checks.check_positive("sigma_xy", sigma_xy)
     scale_factor = _checks.check_positive("scale_factor", scale_factor)
@@ -105,9 +108,7 @@ def _pixel_major_features(image: Tensor, sigma_rgb: float, sigma_xy: float) -> T
     dev = image.device
     mem = torch.empty(n, h, w, 2 + c, dtype=torch.float32, device=dev)
     mem[..., 0] = torch.arange(w, device=dev, dtype=torch.float32).div_(float(sigma_xy))
-    mem[..., 1] = (
-        torch.arange(h, device=dev, dtype=torch.float32).div_(float(sigma_xy)).view(h, 1)
-    )
+    mem[..., 1] = torch.arange(h, device=dev, dtype=torch.float32).div_(float(sigma_xy)).view(h, 1)
     torch.div(image.permute(0, 2, 3, 1).to(torch.float32), float(sigma_rgb), out=mem[..., 2:])
     return mem.permute(0, 3, 1, 2)
 
@@ -130,15 +131,25 @@ class _PairwiseEnergy(torch.autograd.Function):
         kind: str,
         normalize: bool,
         weight: float,
+        check_dtype: torch.dtype | None,
     ) -> Tensor:
         # ``weight`` is applied here, not by the caller, so that the incoming
-        # gradient of a plain loss is exactly 1 and backward needs no multiply
+        # gradient of a plain loss is exactly 1 and backward needs no multiply.
+        # ``check_dtype``: validate probs (of that original dtype) from the
+        # statistics the lattice gathers while reading them (Potts, CPU only).
         n = probs.shape[0]
         want_grad = ctx.needs_input_grad[0]
         if kind == "potts":
-            per_image, grad = lattice.potts(
-                probs, roi, normalize=normalize, grad_scale=weight / n if want_grad else None
+            out = lattice.potts(
+                probs,
+                roi,
+                normalize=normalize,
+                grad_scale=weight / n if want_grad else None,
+                probs_stats=check_dtype is not None,
             )
+            per_image, grad = out[0], out[1]
+            if check_dtype is not None:
+                _checks.check_probs_stats(*out[2], check_dtype, probs.shape[1])
             if want_grad:
                 ctx.save_for_backward(grad)
             return per_image.sum() * (weight / n)
@@ -167,17 +178,17 @@ class _PairwiseEnergy(torch.autograd.Function):
         return per_image.sum() * (weight / n)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         (grad,) = ctx.saved_tensors
         # The usual case, a loss backpropagated with gradient 1 on the CPU: hand the
         # saved gradient on as it is (autograd never modifies a tensor another
         # reference holds) instead of a full-size multiply. Reading grad_out is free
         # on the CPU; elsewhere it would synchronise with the host, so multiply.
         if grad_out.device.type == "cpu" and grad_out.dim() == 0 and float(grad_out) == 1.0:
-            return grad, None, None, None, None, None
-        return grad_out * grad, None, None, None, None, None
+            return grad, None, None, None, None, None, None
+        return grad_out * grad, None, None, None, None, None, None
 
 
 def lattice_energy(
@@ -188,6 +199,7 @@ def lattice_energy(
     kind: str = "potts",
     normalize: bool = False,
     weight: float = 1.0,
+    check_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Pairwise energy on a prebuilt lattice, differentiable in ``probs``.
 
@@ -203,6 +215,9 @@ def lattice_energy(
         kind: ``"potts"`` (DenseCRF) or ``"ncut"`` (normalised cut).
         normalize: Potts only: divide each image's energy by ``roiᵀ W roi``.
         weight: factor of the energy (applied inside the autograd function).
+        check_dtype: Potts on the CPU: validate ``probs`` as probabilities of
+            this (original) dtype, from statistics the lattice gathers while
+            reading them (no extra pass). ``None``: no value checks.
 
     Returns:
         0-dim tensor: ``weight`` times the energy averaged over the batch.
@@ -215,7 +230,7 @@ def lattice_energy(
         roi_c = roi.detach().to(dtype)
     with _checks.no_autocast(probs.device):
         return _PairwiseEnergy.apply(
-            probs.to(dtype), roi_c, lattice, kind, bool(normalize), float(weight)
+            probs.to(dtype), roi_c, lattice, kind, bool(normalize), float(weight), check_dtype
         )
 
 
@@ -234,12 +249,22 @@ def pairwise_energy(
 ) -> Tensor:
     """Shared body of :func:`densecrf_loss` and :func:`rloss.losses.ncut_loss`."""
     device = probs.device if isinstance(probs, Tensor) else torch.device("cpu")
+    # Potts on the CPU: the probability checks ride on the lattice's own pass over
+    # probs (the values it sees: after scale_factor's bilinear resize, which keeps
+    # probabilities probabilities and propagates NaN/Inf)
+    deferred = kind == "potts" and device.type == "cpu"
     with _checks.no_autocast(device):
         lattice, probs_c, roi_c = prepare_pairwise(
-            image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend
+            image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend, not deferred
         )
         return lattice_energy(
-            lattice, probs_c, roi_c, kind=kind, normalize=normalize, weight=weight
+            lattice,
+            probs_c,
+            roi_c,
+            kind=kind,
+            normalize=normalize,
+            weight=weight,
+            check_dtype=probs.dtype if deferred else None,
         )
 
 
