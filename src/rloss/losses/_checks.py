@@ -5,7 +5,9 @@ Every check names the argument, what it got and what it wants.
 Structural checks (type, shape, dtype, device) run everywhere. *Value* checks
 (NaN/Inf, image in 0..255, roi in 0..1, probs in 0..1 summing to 1) need the
 values on the host, so they run only for CPU tensors, where they cost a few
-reductions (one ``aminmax`` per tensor, one sum over classes for ``probs``).
+reductions (one ``aminmax`` per tensor, one sum over classes for ``probs``;
+the DenseCRF loss gets the ``probs`` statistics from its lattice's own pass
+over the values instead, see :func:`check_probs_stats`).
 On accelerators (CUDA, MPS, ...) they are skipped: reading a reduction back
 would synchronise the device with the host on every training step (the
 losses promise none). Validate a batch on the CPU, or run one step on the
