@@ -11,7 +11,8 @@ case N=12, K=21, 256², sigma_rgb=15, sigma_xy=50), the CPU time
   and on the batch lattice;
 * DenseCRFLoss forward + backward, and the torch operators around the lattice
   (``torch.profiler``, self CPU time);
-* with ``--jit``: the first call (import + build + filter, 64²) in fresh
+* with ``--jit``: the first call (import + build + filter + DenseCRF loss on
+  both numba paths, 64²) in fresh
   processes with an empty numba cache ("cold", compiles) and then with the
   cache it left ("warm", loads).
 
@@ -46,6 +47,10 @@ image = torch.rand(1, 3, 64, 64) * 255
 lat = Lattice(bilateral_features(image, 15.0, 10.0), backend="numba")
 lat.filter(torch.rand(1, 4, 64, 64))
 lat.filter(torch.rand(1, 4, 64, 64, dtype=torch.float64))
+from rloss.losses import densecrf_loss
+for n in (1, 8):  # the batch-lattice path and the per-image fused path
+    probs = torch.rand(n, 4, 64, 64).softmax(1).requires_grad_()
+    densecrf_loss(torch.rand(n, 3, 64, 64) * 255, probs, sigma_xy=10.0).backward()
 print(time.perf_counter() - t0)
 """
 
