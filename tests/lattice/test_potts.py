@@ -250,3 +250,18 @@ def test_densecrf_loss_validates_probs_on_cpu(backend, change, match):
         probs = probs * 0.9
     with pytest.raises(ValueError, match=match):
         densecrf_loss(image, probs, sigma_xy=5.0, backend=backend)
+
+
+def test_numba_lattice_used_twice_is_built_once_and_reused():
+    """Only a lattice's first Potts call runs fused; a second call builds the batch
+    lattice (kept for later calls) and gives the same result."""
+    feats, probs, roi = _batch(8, 3, 12, 12)
+    lat = Lattice(feats, backend="numba")
+    first = lat.potts(probs, roi, grad_scale=1.0)
+    assert not lat._impl._built
+    second = lat.potts(probs, roi, grad_scale=1.0)
+    assert lat._impl._built
+    impl = lat._impl
+    lat.potts(probs, roi, grad_scale=1.0)
+    assert lat._impl is impl and impl._built
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])

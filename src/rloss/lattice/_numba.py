@@ -1334,7 +1334,12 @@ _BUILT_ATTRS = frozenset(
 class NumbaLattice:
     """A lattice over a batch of ``N`` images of ``P`` pixels with ``d``-dim features.
 
-    Built by :func:`build`; :meth:`apply` filters ``(N, C, P)`` values.
+    Made by :func:`build`, which validates the features and measures their
+    ranges; the batch lattice itself is built on first use (:meth:`apply`, a
+    second :meth:`potts`, or reading one of its attributes). The first
+    :meth:`potts` on a lattice with one pixel block per image instead runs
+    build-to-slice image by image (``_potts_fused``) and keeps nothing; a
+    lattice used again is built once and reused.
 
     Attributes:
         num_vertices: lattice vertices over the whole batch (images never share one).
@@ -1369,6 +1374,7 @@ class NumbaLattice:
         # the batch lattice is built on first use: Potts on one block per image
         # runs fused per image (see ``_potts_fused``) and never needs it
         self._built = False
+        self._fused_once = False
 
     def __getattr__(self, name: str) -> object:
         # attributes of the batch lattice: build it on first access
@@ -1562,7 +1568,9 @@ class NumbaLattice:
         p = probs.detach().contiguous().numpy()
         r = roi.detach().contiguous().numpy()
         want = grad_scale is not None
-        if not self._built and self.nblk == 1 and self._pack is not None:
+        if not self._built and not self._fused_once and self.nblk == 1 and self._pack is not None:
+            # once: a lattice used again is worth building (and keeping)
+            self._fused_once = True
             fused = self._potts_fused(p, r, normalize, grad_scale)
             if fused is not None:
                 return fused
