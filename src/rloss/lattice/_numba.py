@@ -121,6 +121,15 @@ def _blocks_per_image(n: int, p: int) -> int:
     return max(1, min(want, p // _MIN_BLOCK))
 
 
+@njit(cache=True)
+def _task_pixels(t, nblk, npix):
+    """Image ``n`` and pixel range ``p0 .. p1`` of task ``t`` (``nblk`` blocks per image)."""
+    blk = (npix + nblk - 1) // nblk
+    n = t // nblk
+    p0 = (t % nblk) * blk
+    return n, p0, min(npix, p0 + blk)
+
+
 #: Multiplier of the polynomial part of the vertex hash (see ``_raw``).
 _MUL = 2654435761
 
@@ -280,12 +289,9 @@ def _build_local(feats, scale, nblk, loc, bary, gk, hh, nloc, sk):
     n_img, npix, d = feats.shape
     dp1 = d + 1
     ntask = n_img * nblk
-    blk = (npix + nblk - 1) // nblk
     nb_max = _EMBED
     for t in prange(ntask):
-        n = t // nblk
-        p0 = (t % nblk) * blk
-        p1 = min(npix, p0 + blk)
+        n, p0, p1 = _task_pixels(t, nblk, npix)
         ebase = (n * npix + p0) * dp1
         sbase = n * npix + p0
         el = np.empty((dp1, nb_max), np.float32)
@@ -514,11 +520,8 @@ def _build_merge(npix, dp1, nblk, gk, hh, nloc, loff, table, toff, tcap, lmap, g
 def _build_offsets(npix, dp1, nblk, loc, loff, lmap, voff, off):
     """Per entry: ``off`` = global vertex of the global slot ``loff[t] + loc`` (B > 1 only)."""
     ntask = loff.shape[0] - 1
-    blk = (npix + nblk - 1) // nblk
     for t in prange(ntask):
-        n = t // nblk
-        p0 = (t % nblk) * blk
-        p1 = min(npix, p0 + blk)
+        n, p0, p1 = _task_pixels(t, nblk, npix)
         lo = loff[t]
         vo = voff[n]
         for e in range((n * npix + p0) * dp1, (n * npix + p1) * dp1):
@@ -724,11 +727,8 @@ def _build_local_packed(feats, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu
     n_img, npix, d = feats.shape
     dp1 = d + 1
     ntask = n_img * nblk
-    blk = (npix + nblk - 1) // nblk
     for t in prange(ntask):
-        n = t // nblk
-        p0 = (t % nblk) * blk
-        p1 = min(npix, p0 + blk)
+        n, p0, p1 = _task_pixels(t, nblk, npix)
         ebase = (n * npix + p0) * dp1
         cnt, _ = _local_packed_task(
             feats, scale, n, p0, p1, ebase, loc, bary, hh[ebase:], pbase, plim, pu, tables[t]
@@ -849,11 +849,8 @@ def _splat(vals, dp1, nblk, loc, bary, loff, buf):
     """
     _, nch, npix = vals.shape
     ntask = loff.shape[0] - 1
-    blk = (npix + nblk - 1) // nblk
     for t in prange(ntask):
-        n = t // nblk
-        p0 = (t % nblk) * blk
-        p1 = min(npix, p0 + blk)
+        n, p0, p1 = _task_pixels(t, nblk, npix)
         lo = loff[t]
         buf[lo : loff[t + 1]] = 0.0
         tmp = np.empty((_TILE, nch), vals.dtype)
@@ -927,11 +924,8 @@ def _splat_masked(probs, roi, stats, dp1, nblk, loc, bary, loff, buf):
     """
     _, k, npix = probs.shape
     ntask = loff.shape[0] - 1
-    blk = (npix + nblk - 1) // nblk
     for t in prange(ntask):
-        n = t // nblk
-        p0 = (t % nblk) * blk
-        p1 = min(npix, p0 + blk)
+        n, p0, p1 = _task_pixels(t, nblk, npix)
         lo = loff[t]
         buf[lo : loff[t + 1]] = 0.0
         tmp = np.empty((_TILE, k + 1), probs.dtype)
@@ -1016,11 +1010,8 @@ def _slice(lat, dp1, nblk, off, obase, bary, alpha, out):
     """
     n_img, nch, npix = out.shape
     ntask = n_img * nblk
-    blk = (npix + nblk - 1) // nblk
     for t in prange(ntask):
-        n = t // nblk
-        p0 = (t % nblk) * blk
-        p1 = min(npix, p0 + blk)
+        n, p0, p1 = _task_pixels(t, nblk, npix)
         ob = obase[t]
         acc = np.empty((_TILE, nch), out.dtype)
         for q0 in range(p0, p1, _TILE):
@@ -1049,11 +1040,8 @@ def _slice_channel_dot(lat, ch, dp1, nblk, off, obase, bary, alpha, roi, part):
     """``part[t] = sum_p roi[p] * (W v)[ch, p]`` over task ``t``'s pixels (float64)."""
     n_img, npix = roi.shape
     ntask = n_img * nblk
-    blk = (npix + nblk - 1) // nblk
     for t in prange(ntask):
-        n = t // nblk
-        p0 = (t % nblk) * blk
-        p1 = min(npix, p0 + blk)
+        n, p0, p1 = _task_pixels(t, nblk, npix)
         e_first = (n * npix + p0) * dp1
         part[t] = _channel_dot_range(
             lat, ch, dp1, off, obase[t], bary, alpha, roi, n, p0, p1, e_first
@@ -1094,11 +1082,8 @@ def _slice_potts(lat, dp1, nblk, off, obase, bary, alpha, probs, roi, coef, want
     """
     n_img, _, npix = probs.shape
     ntask = n_img * nblk
-    blk = (npix + nblk - 1) // nblk
     for t in prange(ntask):
-        n = t // nblk
-        p0 = (t % nblk) * blk
-        p1 = min(npix, p0 + blk)
+        n, p0, p1 = _task_pixels(t, nblk, npix)
         e_first = (n * npix + p0) * dp1
         part[t] = _potts_range(
             lat, dp1, off, obase[t], bary, alpha, probs, roi, n, p0, p1, e_first,
