@@ -399,3 +399,29 @@ def test_backward_scales_by_the_incoming_gradient_and_can_run_twice():
     (g3,) = torch.autograd.grad(loss, z)
     torch.testing.assert_close(g2, 2.5 * g1)
     torch.testing.assert_close(g3, g1)
+
+
+@pytest.mark.parametrize("kind", ["potts", "ncut"])
+def test_retained_graph_gradients_stay_right_when_grad_is_modified(kind):
+    """backward hands its saved gradient on as it is; autograd copies it wherever it
+    would otherwise keep or modify it while the graph (and ours) is retained, so
+    in-place changes to ``.grad`` and accumulation never leak into a later backward."""
+    from rloss.losses import ncut_loss
+
+    image = _image(2, 10, 12)
+    probs0 = _logits(2, 3, 10, 12, dtype=torch.float32).softmax(1)
+    fn = densecrf_loss if kind == "potts" else ncut_loss
+    ref = probs0.clone().requires_grad_()
+    (g,) = torch.autograd.grad(fn(image, ref, weight=1e-2, sigma_rgb=15.0, sigma_xy=5.0), ref)
+    p = probs0.clone().requires_grad_()
+    loss = fn(image, p, weight=1e-2, sigma_rgb=15.0, sigma_xy=5.0)
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(p.grad, g)
+    p.grad.mul_(-7.0)  # e.g. an in-place clip
+    p.grad = None
+    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=True)  # accumulates into p.grad in place
+    torch.testing.assert_close(p.grad, 2 * g)
+    p.grad = None
+    (loss + loss).backward()  # two paths into one input buffer
+    torch.testing.assert_close(p.grad, 2 * g)
