@@ -1300,6 +1300,14 @@ def _pack_params(lo: np.ndarray, hi: np.ndarray, scale: np.ndarray) -> tuple | N
     return pbase, plim, pu
 
 
+def _first_table_capacity(entries: int) -> int:
+    """Slots of a task's first hash table: 4x the vertex count the last build needed
+    per task (load <= 1/4, so it rarely grows), at most 4x the task's entries; a
+    power of two (the probe mask)."""
+    want = max(min(4 * _LAST_PER_TASK[0], 4 * entries), _TABLE0)
+    return 1 << (want - 1).bit_length()
+
+
 def _pow2_at_least(x: np.ndarray) -> np.ndarray:
     out = np.ones_like(x)
     while True:
@@ -1393,10 +1401,7 @@ class NumbaLattice:
         pack = self._pack
         if pack is not None:
             pbase, plim, pu = pack
-            # start each task's table at 4x the vertex count the last build
-            # needed per task (load <= 1/4, so it rarely grows)
-            want = max(min(4 * _LAST_PER_TASK[0], 4 * blk_entries), _TABLE0)
-            cap0 = 1 << (want - 1).bit_length()  # a power of two (the probe mask)
+            cap0 = _first_table_capacity(blk_entries)
             tables = _pool.empty((ntask, 2 * cap0), np.int64)
             _build_local_packed(f, scale, nblk, loc, bary, hh, nloc, pbase, plim, pu, tables)
             del tables
@@ -1600,8 +1605,7 @@ class NumbaLattice:
         # cost memory, and the pool keeps them between calls
         slots = numba.config.NUMBA_NUM_THREADS
         nent = npix * dp1
-        want_cap = max(min(4 * _LAST_PER_TASK[0], 4 * nent), _TABLE0)
-        cap0 = 1 << (want_cap - 1).bit_length()
+        cap0 = _first_table_capacity(nent)
         rows = min(nent, max(2 * _LAST_PER_TASK[0], _TABLE0)) + 1
         counts = np.empty(n_img, np.int64)
         stats = np.empty((n_img, 4))
