@@ -14,9 +14,12 @@ A transform turns it into the *sample* every dataset returns::
      "roi":       float32 (H, W), 1 on real pixels, 0 on crop padding,
      "name":      str}
 
-Crop padding follows one convention: ``image_raw`` is padded with the mean colour (so the
-normalised ``image`` is 0 there), ``scribble`` and ``mask`` with 255, and ``roi`` is 0 on the
-padding. Padding is never a label value (the reference's 254 is gone).
+Crop and batch padding follow one convention (:data:`PAD_VALUES`): ``image_raw`` is padded
+with the mean colour, so the normalised ``image`` is 0 there and the two stay consistent
+(the CRF losses and the CRF post-processing read ``image_raw``); ``scribble`` and ``mask``
+with 255, and ``roi`` is 0 on the padding. Padding is never a label value (the reference's
+254 is gone). :func:`normalize_image` is the one image normalisation (transforms, inference
+and the demo use it).
 """
 
 from __future__ import annotations
@@ -31,15 +34,46 @@ import torch.nn.functional as F
 from rloss.constants import IGNORE_INDEX, IMAGENET_MEAN_255, IMAGENET_STD_255
 
 __all__ = [
+    "PAD_VALUES",
     "SAMPLE_KEYS",
     "EvalTransform",
     "TrainTransform",
+    "normalize_image",
     "pad_collate",
     "to_tensors",
 ]
 
 #: Keys of every dataset sample, in a fixed order.
 SAMPLE_KEYS: tuple[str, ...] = ("image", "image_raw", "scribble", "mask", "roi", "name")
+
+#: Padding value of every padded sample entry; ``"mean"`` = the normalisation mean colour.
+PAD_VALUES: dict[str, float | int | str] = {
+    "image": 0.0,
+    "image_raw": "mean",
+    "scribble": IGNORE_INDEX,
+    "mask": IGNORE_INDEX,
+    "roi": 0.0,
+}
+
+
+def normalize_image(
+    image_raw: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN_255,
+    std: Sequence[float] = IMAGENET_STD_255,
+) -> torch.Tensor:
+    """RGB 0..255 ``(3, H, W)`` or ``(N, 3, H, W)`` → float32 ``(image_raw - mean) / std``.
+
+    >>> x = torch.tensor(IMAGENET_MEAN_255).view(3, 1, 1).expand(3, 2, 2)
+    >>> normalize_image(x).abs().max().item()
+    0.0
+    """
+    if image_raw.dim() not in (3, 4) or image_raw.shape[-3] != 3:
+        raise ValueError(
+            f"image_raw: expected shape (3, H, W) or (N, 3, H, W), got {tuple(image_raw.shape)}"
+        )
+    m = torch.tensor([float(v) for v in mean], dtype=torch.float32, device=image_raw.device)
+    s = torch.tensor([float(v) for v in std], dtype=torch.float32, device=image_raw.device)
+    return (image_raw.float() - m.view(3, 1, 1)) / s.view(3, 1, 1)
 
 
 def _as_label(value: Any, shape: tuple[int, int], key: str, name: str) -> torch.Tensor:
@@ -102,9 +136,7 @@ class _Normalize:
         self.std = tuple(float(s) for s in std)
 
     def finish(self, s: dict[str, Any]) -> dict[str, Any]:
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        image = (s["image_raw"] - mean) / std
+        image = normalize_image(s["image_raw"], self.mean, self.std)
         return {"image": image.contiguous(), "image_raw": s["image_raw"].contiguous(),
                 "scribble": s["scribble"].contiguous(), "mask": s["mask"].contiguous(),
                 "roi": s["roi"].contiguous(), "name": s["name"]}
@@ -231,8 +263,9 @@ def pad_collate(
 ) -> dict[str, Any]:
     """Collate samples of different sizes by padding bottom/right to the largest one.
 
-    Padding follows the crop convention: ``image`` 0 (the normalised mean), ``image_raw`` the
-    mean colour, ``scribble``/``mask`` 255, ``roi`` 0.
+    The entries of :data:`PAD_VALUES` are padded with their value (the crop convention:
+    ``image`` 0, ``image_raw`` the mean colour, ``scribble``/``mask`` 255, ``roi`` 0);
+    other tensors are stacked and anything else (``name``) becomes a list.
 
     Args:
         batch: sample dicts (see the module docstring).
@@ -246,22 +279,29 @@ def pad_collate(
     del std
     if not batch:
         raise ValueError("batch: want at least one sample, got an empty sequence")
-    H = max(int(b["roi"].shape[0]) for b in batch)
-    W = max(int(b["roi"].shape[1]) for b in batch)
-    n = len(batch)
-    mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32).view(1, 3, 1, 1)
-    out = {
-        "image": torch.zeros((n, 3, H, W), dtype=torch.float32),
-        "image_raw": mean_t.expand(n, 3, H, W).clone(),
-        "scribble": torch.full((n, H, W), IGNORE_INDEX, dtype=torch.int64),
-        "mask": torch.full((n, H, W), IGNORE_INDEX, dtype=torch.int64),
-        "roi": torch.zeros((n, H, W), dtype=torch.float32),
-        "name": [b["name"] for b in batch],
-    }
-    for i, b in enumerate(batch):
-        h, w = b["roi"].shape
-        for key in ("image", "image_raw"):
-            out[key][i, :, :h, :w] = b[key]
-        for key in ("scribble", "mask", "roi"):
-            out[key][i, :h, :w] = b[key]
+    H = max(int(b["image"].shape[-2]) for b in batch)
+    W = max(int(b["image"].shape[-1]) for b in batch)
+    mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32).view(3, 1, 1)
+    out: dict[str, Any] = {}
+    for key, first in batch[0].items():
+        if key in PAD_VALUES:
+            fill = PAD_VALUES[key]
+            shape = (*first.shape[:-2], H, W)
+            padded = []
+            for b in batch:
+                t = b[key]
+                if tuple(t.shape[-2:]) == (H, W):
+                    padded.append(t)
+                    continue
+                if fill == "mean":
+                    p = mean_t.to(t.dtype).expand(shape).clone()
+                else:
+                    p = torch.full(shape, fill, dtype=t.dtype)
+                p[..., : t.shape[-2], : t.shape[-1]] = t
+                padded.append(p)
+            out[key] = torch.stack(padded)
+        elif isinstance(first, torch.Tensor):
+            out[key] = torch.stack([b[key] for b in batch])
+        else:
+            out[key] = [b[key] for b in batch]
     return out

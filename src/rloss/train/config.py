@@ -16,11 +16,17 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+
+from rloss.data.io import atomic_write_text
+from rloss.train import models
+from rloss.train.checkpoint import to_plain
 
 #: Loss terms a recipe may enable, with their default parameters.
 LOSS_TERMS: dict[str, dict[str, Any]] = {
@@ -43,72 +49,287 @@ LOSS_TERMS: dict[str, dict[str, Any]] = {
     "size": {"weight": 1e-6, "margin": 0.1},
 }
 
-#: Every recipe key with its default value. ``loss`` terms are validated against
-#: :data:`LOSS_TERMS`; ``model.kwargs`` is passed to smp unchecked.
+DATA_KINDS = ("voc_scribble", "folder", "synthetic")
+SUPERVISION = ("scribble", "full")
+SCHEDULES = ("poly", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+# --------------------------------------------------------------------------- field checks
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A field check: ``ok(value)`` or the error ``"<key>: expected <expected>, got <value>"``.
+
+    ``first`` is an optional weaker check with its own wording, tried before ``ok`` (so
+    ``lr: fast`` says "expected a number" and ``lr: -1`` "expected a non-negative number").
+    """
+
+    expected: str
+    ok: Callable[[Any], bool]
+    first: Check | None = None
+
+    def __call__(self, dotted: str, value: Any) -> None:
+        if self.first is not None:
+            self.first(dotted, value)
+        if not self.ok(value):
+            raise ConfigError(f"{dotted}: expected {self.expected}, got {value!r}")
+
+
+def one_of(options: Sequence[Any]) -> Check:
+    """Check that the value is one of ``options``."""
+    return Check(f"one of {list(options)}", lambda v: v in options)
+
+
+NUMBER = Check("a number", _is_num)
+NON_NEGATIVE = Check("a non-negative number", lambda v: v >= 0, first=NUMBER)
+POSITIVE = Check("a positive number", lambda v: v > 0, first=NUMBER)
+NON_NEGATIVE_OR_NULL = Check("a non-negative number or null", lambda v: v is None or (
+    _is_num(v) and v >= 0))
+POSITIVE_INT = Check("a positive int", lambda v: _is_int(v) and v >= 1)
+POSITIVE_INT_OR_NULL = Check("a positive int or null", lambda v: v is None or (
+    _is_int(v) and v >= 1))
+NON_NEGATIVE_INT = Check("a non-negative int", lambda v: _is_int(v) and v >= 0)
+INT = Check("an int", _is_int)
+BOOL = Check("true or false", lambda v: isinstance(v, bool))
+STR = Check("a string", lambda v: isinstance(v, str))
+STR_OR_NULL = Check("a string or null", lambda v: v is None or isinstance(v, str))
+MAPPING_OR_NULL = Check("a mapping or null", lambda v: v is None or isinstance(v, Mapping))
+POSITIVE_LIST = Check(
+    "a list of positive numbers",
+    lambda v: isinstance(v, (list, tuple)) and bool(v) and all(_is_num(s) and s > 0 for s in v),
+)
+BATCH_LIMIT = Check(
+    "null, a positive int (batches) or a fraction in (0, 1]",
+    lambda v: v is None or (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1),
+)
+
+
+def _f(default: Any, check: Check | None = None, **meta: Any) -> Any:
+    """A spec field with its default (copied per instance when mutable) and its check."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"check": check,
+                                                                              **meta})
+    return field(default=default, metadata={"check": check, **meta})
+
+
+def _check_fields(spec: Any, prefix: str) -> None:
+    for f in fields(spec):
+        check = f.metadata.get("check")
+        if check is not None:
+            check(f"{prefix}.{f.name}" if prefix else f.name, getattr(spec, f.name))
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            value = f.default
+        else:
+            value = f.default_factory()  # type: ignore[misc]
+        out[f.name] = _defaults(value.__class__) if is_dataclass(value) else to_plain(value)
+    return out
+
+
+def _spec_to_mapping(spec: Any) -> dict[str, Any]:
+    return {
+        f.name: (
+            _spec_to_mapping(getattr(spec, f.name))
+            if is_dataclass(getattr(spec, f.name))
+            else to_plain(copy.deepcopy(getattr(spec, f.name)))
+        )
+        for f in fields(spec)
+    }
+
+
+# --------------------------------------------------------------------------- section specs
+@dataclass(frozen=True)
+class ModelSpec:
+    """The ``model`` section: which network (see :mod:`rloss.train.models`).
+
+    ``arch`` names a registered architecture; ``encoder`` an smp encoder (smp
+    architectures only); ``encoder_weights`` ``"imagenet"``, null or a local state-dict
+    file; ``msc`` null, true (DeepLab's scales) or a list of scales; ``kwargs`` extra smp
+    constructor arguments (unchecked).
+    """
+
+    arch: str = _f("deeplabv3plus", STR)
+    encoder: str = _f("mobilenet_v2", STR)
+    encoder_weights: str | None = _f("imagenet", STR_OR_NULL)
+    num_classes: int | None = _f(None, POSITIVE_INT_OR_NULL)
+    output_stride: int | None = _f(16, POSITIVE_INT_OR_NULL)
+    msc: Any = _f(
+        None,
+        Check(
+            "null, true or a list of positive scales",
+            lambda v: v in (None, False, True) or POSITIVE_LIST.ok(v),
+        ),
+    )
+    kwargs: dict[str, Any] = _f({}, MAPPING_OR_NULL)
+
+    def as_mapping(self) -> dict[str, Any]:
+        """The section as a plain mapping (what :func:`rloss.train.models.build_model` takes)."""
+        return _spec_to_mapping(self)
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """``data.synthetic``: the synthetic scenes (:class:`rloss.data.synthetic.SyntheticScenes`)."""
+
+    num_train: int = _f(32, POSITIVE_INT)
+    num_val: int = _f(8, POSITIVE_INT)
+    size: list[int] = _f([64, 64], Check(
+        "[height, width] of positive ints",
+        lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
+            _is_int(x) and x >= 1 for x in v),
+    ))
+    seed: int = _f(0, INT)
+    scribble_fraction: float = _f(0.03, NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The ``data`` section: dataset, supervision, augmentation and loaders."""
+
+    kind: str = _f("voc_scribble", one_of(DATA_KINDS))
+    root: str | None = _f(None)
+    supervision: str = _f("scribble", one_of(SUPERVISION))
+    train_split: str = _f("train")
+    val_split: str = _f("val")
+    crop_size: int = _f(513, POSITIVE_INT)
+    scale_range: list[float] = _f([0.5, 2.0], Check(
+        "[low, high] with 0 < low <= high",
+        lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+        and all(_is_num(s) and s > 0 for s in v) and v[0] <= v[1],
+    ))
+    flip: bool = _f(True, BOOL)
+    batch_size: int = _f(12, POSITIVE_INT)
+    val_batch_size: int = _f(1, POSITIVE_INT)
+    num_workers: int = _f(4, NON_NEGATIVE_INT)
+    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+
+    @property
+    def target_key(self) -> str:
+        """The sample key the cross-entropy is trained on: ``scribble`` or ``mask``."""
+        return "scribble" if self.supervision == "scribble" else "mask"
+
+    def as_mapping(self) -> dict[str, Any]:
+        """The section as a plain mapping (what the data module takes)."""
+        return _spec_to_mapping(self)
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """The ``optim`` section: optimiser and learning-rate schedule.
+
+    ``lr`` is the backbone's learning rate, the head gets ``lr * head_lr_mult``;
+    ``schedule: poly`` is ``lr_t = lr (1 - t/T)^power`` stepped every iteration with
+    ``T = total_iters`` (or Lightning's estimate when null).
+    """
+
+    name: str = _f("sgd", one_of(OPTIMIZERS))
+    lr: float = _f(0.007, NON_NEGATIVE)
+    momentum: float = _f(0.9, NON_NEGATIVE)
+    weight_decay: float = _f(5e-4, NON_NEGATIVE)
+    nesterov: bool = _f(False, BOOL)
+    head_lr_mult: float = _f(1.0, NON_NEGATIVE)
+    schedule: str = _f("poly", one_of(SCHEDULES))
+    power: float = _f(0.9, NON_NEGATIVE)
+    total_iters: int | None = _f(None, POSITIVE_INT_OR_NULL)
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """The ``trainer`` section: the fields marked ``trainer=True`` go to ``pl.Trainer``
+    unchanged (:meth:`as_trainer_kwargs`); ``sync_batchnorm: auto`` is resolved there;
+    ``checkpoint_every_n_steps`` and ``threads`` are ours."""
+
+    max_epochs: int = _f(60, POSITIVE_INT, trainer=True)
+    max_steps: int = _f(
+        -1, Check("a positive int or -1", lambda v: _is_int(v) and (v >= 1 or v == -1)),
+        trainer=True,
+    )
+    accelerator: str = _f("auto", trainer=True)
+    devices: Any = _f(1, trainer=True)
+    num_nodes: int = _f(1, POSITIVE_INT, trainer=True)
+    strategy: Any = _f("auto", trainer=True)
+    sync_batchnorm: Any = _f(
+        "auto", Check("'auto', true or false", lambda v: v == "auto" or isinstance(v, bool))
+    )
+    precision: Any = _f("32-true", trainer=True)
+    check_val_every_n_epoch: int = _f(1, POSITIVE_INT, trainer=True)
+    limit_train_batches: Any = _f(None, BATCH_LIMIT, trainer=True)
+    limit_val_batches: Any = _f(None, BATCH_LIMIT, trainer=True)
+    log_every_n_steps: int = _f(10, POSITIVE_INT, trainer=True)
+    checkpoint_every_n_steps: int | None = _f(None, POSITIVE_INT_OR_NULL)
+    gradient_clip_val: float | None = _f(None, NON_NEGATIVE_OR_NULL, trainer=True)
+    deterministic: Any = _f(False, trainer=True)
+    threads: Any = _f(
+        "auto", Check("'auto' or a positive int", lambda v: v == "auto" or (_is_int(v) and v >= 1))
+    )
+
+    def as_trainer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``lightning.pytorch.Trainer`` (incl. ``sync_batchnorm``).
+
+        >>> TrainerSpec(max_epochs=3).as_trainer_kwargs()["max_epochs"]
+        3
+        """
+        kw = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("trainer")}
+        kw["deterministic"] = bool(kw["deterministic"])
+        kw["sync_batchnorm"] = self.resolved_sync_batchnorm()
+        return kw
+
+    def resolved_sync_batchnorm(self) -> bool:
+        """``sync_batchnorm``, with ``auto`` = on for multi-GPU DDP (SyncBatchNorm needs GPUs)."""
+        if self.sync_batchnorm != "auto":
+            return bool(self.sync_batchnorm)
+        devices = self.devices
+        multi = (_is_int(devices) and devices not in (0, 1)) or (
+            isinstance(devices, (list, str)) and str(devices) not in ("1", "auto")
+        )
+        accel = str(self.accelerator)
+        on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+        ddp = "ddp" in str(self.strategy)
+        return on_gpu and ddp and (multi or int(self.num_nodes) > 1)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """The ``eval`` section: test-time scales, flips and CRF post-processing parameters."""
+
+    scales: list[float] = _f([1.0], POSITIVE_LIST)
+    flip: bool = _f(False, BOOL)
+    crf: dict[str, Any] | None = _f(None, MAPPING_OR_NULL)
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelSpec,
+    "data": DataSpec,
+    "optim": OptimSpec,
+    "trainer": TrainerSpec,
+    "eval": EvalSpec,
+}
+
+#: Every recipe key with its default value (derived from the section specs). ``loss``
+#: terms are validated against :data:`LOSS_TERMS`; ``model.kwargs`` is passed to smp
+#: unchecked.
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "init_from": None,
     "classes": None,
-    "model": {
-        "arch": "deeplabv3plus",
-        "encoder": "mobilenet_v2",
-        "encoder_weights": "imagenet",
-        "num_classes": None,
-        "output_stride": 16,
-        "msc": None,
-        "kwargs": {},
-    },
-    "data": {
-        "kind": "voc_scribble",
-        "root": None,
-        "supervision": "scribble",
-        "train_split": "train",
-        "val_split": "val",
-        "crop_size": 513,
-        "scale_range": [0.5, 2.0],
-        "flip": True,
-        "batch_size": 12,
-        "val_batch_size": 1,
-        "num_workers": 4,
-        "synthetic": {
-            "num_train": 32,
-            "num_val": 8,
-            "size": [64, 64],
-            "seed": 0,
-            "scribble_fraction": 0.03,
-        },
-    },
+    "model": _defaults(ModelSpec),
+    "data": _defaults(DataSpec),
     "loss": {"pce": {"weight": 1.0}},
-    "optim": {
-        "name": "sgd",
-        "lr": 0.007,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "nesterov": False,
-        "head_lr_mult": 1.0,
-        "schedule": "poly",
-        "power": 0.9,
-        "total_iters": None,
-    },
-    "trainer": {
-        "max_epochs": 60,
-        "max_steps": -1,
-        "accelerator": "auto",
-        "devices": 1,
-        "num_nodes": 1,
-        "strategy": "auto",
-        "sync_batchnorm": "auto",
-        "precision": "32-true",
-        "check_val_every_n_epoch": 1,
-        "limit_train_batches": None,
-        "limit_val_batches": None,
-        "log_every_n_steps": 10,
-        "checkpoint_every_n_steps": None,
-        "gradient_clip_val": None,
-        "deterministic": False,
-        "threads": "auto",
-    },
-    "eval": {"scales": [1.0], "flip": False, "crf": None},
+    "optim": _defaults(OptimSpec),
+    "trainer": _defaults(TrainerSpec),
+    "eval": _defaults(EvalSpec),
 }
 
 #: Keys whose value is a free-form mapping (not checked key by key).
@@ -116,11 +337,6 @@ _FREE_FORM = {("model", "kwargs"), ("eval", "crf")}
 
 #: Keys whose value is a list or null (not checked key by key).
 _LISTS = {("classes",)}
-
-DATA_KINDS = ("voc_scribble", "folder", "synthetic")
-SUPERVISION = ("scribble", "full")
-SCHEDULES = ("poly", "constant")
-OPTIMIZERS = ("sgd", "adamw")
 
 
 class _Loader(yaml.SafeLoader):
@@ -253,158 +469,143 @@ def _check_keys(
             _check_keys(value, {}, path)
 
 
-def _num(
-    config: Mapping[str, Any], dotted: str, *, positive: bool = False, allow_zero=True
-) -> None:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node[part]
-    if isinstance(node, bool) or not isinstance(node, (int, float)):
-        raise ConfigError(f"{dotted}: expected a number, got {node!r}")
-    if positive and (node < 0 or (node == 0 and not allow_zero)):
-        raise ConfigError(
-            f"{dotted}: expected a {'non-negative' if allow_zero else 'positive'} number, "
-            f"got {node!r}"
+@dataclass(frozen=True)
+class Recipe:
+    """A validated training recipe: one typed spec per section.
+
+    Build one with :meth:`from_mapping` (unknown keys are named with a suggestion, every
+    value is checked); :meth:`to_mapping` gives the resolved plain mapping (what
+    ``config.yaml`` holds and :func:`validate` returns). ``loss`` stays a mapping term
+    name → parameters (completed with :data:`LOSS_TERMS`' defaults).
+
+    >>> r = Recipe.from_mapping({"data": {"kind": "synthetic"}, "optim": {"lr": 0.01}})
+    >>> r.optim.lr, r.data.target_key, sorted(r.loss)
+    (0.01, 'scribble', ['pce'])
+    >>> Recipe.from_mapping(r.to_mapping()) == r
+    True
+    """
+
+    seed: int = 0
+    init_from: str | None = None
+    classes: list[str] | None = None
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    trainer: TrainerSpec = field(default_factory=TrainerSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    loss: dict[str, dict[str, Any]] = field(default_factory=lambda: {"pce": {"weight": 1.0}})
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any], *, check_paths: bool = True) -> Recipe:
+        """Check a raw recipe (after inheritance and overrides) and fill the defaults.
+
+        Loss terms are completed with their defaults from :data:`LOSS_TERMS`; a term set
+        to ``null`` is removed.
+
+        Args:
+            config: the raw recipe mapping.
+            check_paths: check that ``data.root``, ``init_from`` and a local
+                ``model.encoder_weights`` file exist.
+
+        Raises:
+            ConfigError: unknown key (with a suggestion), unknown architecture, encoder,
+                loss term, data kind or supervision, bad numbers, missing data root or
+                ``init_from`` checkpoint.
+        """
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"config: expected a mapping, got {type(config).__name__}")
+        _check_keys(config, DEFAULTS, ())
+        merged = deep_merge(
+            {k: v for k, v in DEFAULTS.items() if k != "loss"},
+            {k: v for k, v in config.items() if k != "loss"},
         )
+        sections: dict[str, Any] = {}
+        for name, spec_cls in _SECTIONS.items():
+            values = dict(merged[name])
+            if spec_cls is ModelSpec and isinstance(values["arch"], str):
+                values["arch"] = values["arch"].lower()
+            if spec_cls is DataSpec:
+                values["synthetic"] = SyntheticSpec(**values["synthetic"])
+                _check_fields(values["synthetic"], "data.synthetic")
+            spec = spec_cls(**values)
+            _check_fields(spec, name)
+            sections[name] = spec
+        terms = deep_merge(DEFAULTS["loss"], config.get("loss") or {})
+        loss = {
+            name: deep_merge(LOSS_TERMS[name], params)
+            for name, params in terms.items()
+            if params is not None
+        }
+        recipe = cls(
+            seed=merged["seed"],
+            init_from=merged["init_from"],
+            classes=merged["classes"],
+            loss=loss,
+            **sections,
+        )
+        recipe._check(check_paths)
+        return recipe
+
+    def _check(self, check_paths: bool) -> None:
+        INT("seed", self.seed)
+        STR_OR_NULL("init_from", self.init_from)
+        if "pce" not in self.loss:
+            raise ConfigError(
+                "loss.pce: the partial cross-entropy term is required (set its weight instead)"
+            )
+        for name, params in self.loss.items():
+            NON_NEGATIVE(f"loss.{name}.weight", params.get("weight"))
+            for key in ("sigma_rgb", "sigma_xy", "scale_factor"):
+                if key in params:
+                    POSITIVE(f"loss.{name}.{key}", params[key])
+        m = self.model
+        try:
+            entry = models.get_model_entry(m.arch)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if entry.uses_encoder:
+            enc = str(m.encoder)
+            if not enc.startswith("tu-") and enc not in models.smp_encoders():
+                close = difflib.get_close_matches(enc, models.smp_encoders(), n=3)
+                raise ConfigError(
+                    f"model.encoder: unknown encoder {enc!r}"
+                    + (f"; did you mean {close}?" if close else "")
+                    + " (list: segmentation_models_pytorch.encoders.get_encoder_names())"
+                )
+        weights = m.encoder_weights
+        if weights is not None and weights != "imagenet":
+            if check_paths and not Path(str(weights)).expanduser().is_file():
+                raise ConfigError(
+                    f"model.encoder_weights: {weights!r} is neither 'imagenet', null nor an "
+                    "existing file"
+                )
+        d = self.data
+        if d.kind != "synthetic":
+            if d.root in (None, ""):
+                raise ConfigError(
+                    f"data.root: required for data.kind={d.kind!r} (set data.root=/path/to/data)"
+                )
+            if check_paths and not Path(str(d.root)).expanduser().is_dir():
+                raise ConfigError(f"data.root: directory {str(d.root)!r} does not exist")
+        init = self.init_from
+        if init is not None and check_paths and not Path(str(init)).expanduser().is_file():
+            raise ConfigError(f"init_from: checkpoint {str(init)!r} does not exist")
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The resolved recipe as plain data (every key of :data:`DEFAULTS`)."""
+        return _spec_to_mapping(self)
 
 
 def validate(config: Mapping[str, Any], *, check_paths: bool = True) -> dict[str, Any]:
     """Check a raw recipe and return it merged over :data:`DEFAULTS`.
 
-    Loss terms are completed with their defaults from :data:`LOSS_TERMS`; a term set
-    to ``null`` is removed.
-
-    Args:
-        config: the raw recipe (after inheritance and overrides).
-        check_paths: check that ``data.root`` and ``init_from`` exist.
+    The mapping form of :meth:`Recipe.from_mapping` (see there for the checks):
+    ``Recipe.from_mapping(config).to_mapping()``.
 
     Raises:
-        ConfigError: unknown key (with a suggestion), unknown architecture, encoder,
-            loss term, data kind or supervision, bad numbers, missing data root or
-            ``init_from`` checkpoint.
+        ConfigError: see :meth:`Recipe.from_mapping`.
     """
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"config: expected a mapping, got {type(config).__name__}")
-    _check_keys(config, DEFAULTS, ())
-    loss = config.get("loss")
-    cfg = deep_merge(
-        {k: v for k, v in DEFAULTS.items() if k != "loss"},
-        {k: v for k, v in config.items() if k != "loss"},
-    )
-    terms = deep_merge(DEFAULTS["loss"], loss or {})
-    cfg["loss"] = {
-        name: deep_merge(LOSS_TERMS[name], params)
-        for name, params in terms.items()
-        if params is not None
-    }
-    if "pce" not in cfg["loss"]:
-        raise ConfigError(
-            "loss.pce: the partial cross-entropy term is required (set its weight instead)"
-        )
-
-    from rloss.train import models
-
-    arch = str(cfg["model"]["arch"]).lower()
-    if arch not in models.known_archs():
-        raise ConfigError(
-            f"model.arch: unknown architecture {arch!r}; known: {list(models.known_archs())}"
-        )
-    cfg["model"]["arch"] = arch
-    if arch not in models.OWN_ARCHS:
-        enc = str(cfg["model"]["encoder"])
-        if not enc.startswith("tu-") and enc not in models.smp_encoders():
-            close = difflib.get_close_matches(enc, models.smp_encoders(), n=3)
-            raise ConfigError(
-                f"model.encoder: unknown encoder {enc!r}"
-                + (f"; did you mean {close}?" if close else "")
-                + " (list: segmentation_models_pytorch.encoders.get_encoder_names())"
-            )
-    weights = cfg["model"]["encoder_weights"]
-    if weights is not None and weights != "imagenet":
-        if check_paths and not Path(str(weights)).expanduser().is_file():
-            raise ConfigError(
-                f"model.encoder_weights: {weights!r} is neither 'imagenet', null nor an "
-                "existing file"
-            )
-    nc = cfg["model"]["num_classes"]
-    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
-        raise ConfigError(f"model.num_classes: expected a positive int or null, got {nc!r}")
-    msc = cfg["model"]["msc"]
-    if msc not in (None, False, True) and (
-        not isinstance(msc, list)
-        or not msc
-        or not all(isinstance(s, (int, float)) and s > 0 for s in msc)
-    ):
-        raise ConfigError(
-            f"model.msc: expected null, true or a list of positive scales, got {msc!r}"
-        )
-
-    data = cfg["data"]
-    if data["kind"] not in DATA_KINDS:
-        raise ConfigError(f"data.kind: expected one of {list(DATA_KINDS)}, got {data['kind']!r}")
-    if data["supervision"] not in SUPERVISION:
-        raise ConfigError(
-            f"data.supervision: expected one of {list(SUPERVISION)}, got {data['supervision']!r}"
-        )
-    if data["kind"] != "synthetic":
-        if data["root"] in (None, ""):
-            raise ConfigError(
-                f"data.root: required for data.kind={data['kind']!r} (set data.root=/path/to/data)"
-            )
-        if check_paths and not Path(str(data["root"])).expanduser().is_dir():
-            raise ConfigError(f"data.root: directory {str(data['root'])!r} does not exist")
-    for key in ("crop_size", "batch_size", "val_batch_size"):
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"data.{key}: expected a positive int, got {value!r}")
-    sr = data["scale_range"]
-    if not (
-        isinstance(sr, list)
-        and len(sr) == 2
-        and all(isinstance(s, (int, float)) and s > 0 for s in sr)
-        and sr[0] <= sr[1]
-    ):
-        raise ConfigError(
-            f"data.scale_range: expected [low, high] with 0 < low <= high, got {sr!r}"
-        )
-
-    optim = cfg["optim"]
-    if optim["name"] not in OPTIMIZERS:
-        raise ConfigError(f"optim.name: expected one of {list(OPTIMIZERS)}, got {optim['name']!r}")
-    if optim["schedule"] not in SCHEDULES:
-        raise ConfigError(
-            f"optim.schedule: expected one of {list(SCHEDULES)}, got {optim['schedule']!r}"
-        )
-    for key in ("lr", "momentum", "weight_decay", "head_lr_mult", "power"):
-        _num(cfg, f"optim.{key}", positive=True)
-    for name, params in cfg["loss"].items():
-        _num(cfg, f"loss.{name}.weight", positive=True)
-        for key in ("sigma_rgb", "sigma_xy", "scale_factor"):
-            if key in params:
-                _num(cfg, f"loss.{name}.{key}", positive=True, allow_zero=False)
-
-    tr = cfg["trainer"]
-    me, ms = tr["max_epochs"], tr["max_steps"]
-    if not isinstance(me, int) or isinstance(me, bool) or me < 1:
-        raise ConfigError(f"trainer.max_epochs: expected a positive int, got {me!r}")
-    if not isinstance(ms, int) or isinstance(ms, bool) or (ms < 1 and ms != -1):
-        raise ConfigError(f"trainer.max_steps: expected a positive int or -1, got {ms!r}")
-    if tr["threads"] != "auto" and (not isinstance(tr["threads"], int) or tr["threads"] < 1):
-        raise ConfigError(
-            f"trainer.threads: expected 'auto' or a positive int, got {tr['threads']!r}"
-        )
-
-    init = cfg["init_from"]
-    if init is not None and check_paths and not Path(str(init)).expanduser().is_file():
-        raise ConfigError(f"init_from: checkpoint {str(init)!r} does not exist")
-    ev = cfg["eval"]
-    if (
-        not isinstance(ev["scales"], list)
-        or not ev["scales"]
-        or not all(isinstance(s, (int, float)) and s > 0 for s in ev["scales"])
-    ):
-        raise ConfigError(f"eval.scales: expected a list of positive numbers, got {ev['scales']!r}")
-    return cfg
+    return Recipe.from_mapping(config, check_paths=check_paths).to_mapping()
 
 
 def load_config(
@@ -441,17 +642,4 @@ def load_config(
 
 def write_yaml_atomic(data: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``data`` as YAML to ``path`` via a temporary file and rename."""
-    from rloss.data.io import atomic_write_text
-
-    return atomic_write_text(path, yaml.safe_dump(_plain(data), sort_keys=False))
-
-
-def _plain(obj: Any) -> Any:
-    """Convert tuples/Paths to YAML-safe plain types."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    return atomic_write_text(path, yaml.safe_dump(to_plain(data), sort_keys=False))

@@ -14,9 +14,25 @@ Networks:
 * ``deeplabv2``: DeepLab-v2 (Chen et al., TPAMI 2017) on torchvision's ResNet-101
   with output stride 8 (layer3/layer4 dilated 2/4) and an ASPP head of four 3×3
   branches with rates 6/12/18/24, summed;
+* ``deeplabv2_vgg16``: DeepLab-v2 on torchvision's VGG16 (the paper's
+  "DeepLab_VGG16"): the LargeFOV trunk (pool4/pool5 stride 1, conv5 dilated by 2) and
+  an ASPP-L head of four fc6–fc8 branches (3×3 with dilation 6/12/18/24 and 1024
+  channels, 1×1 1024, 1×1 K), summed; output stride 8;
 * the MSC wrapper (``model.msc: [1.0, 0.75, 0.5]``) runs the network on rescaled
   inputs, upsamples every output to the input size and fuses them by element-wise
   max, as in DeepLab's multi-scale training and testing.
+
+Networks are looked up by ``model.arch`` in a registry (:data:`MODELS`): adding one is a
+builder function plus :func:`register_model`::
+
+    @register_model("my_net", weights="torchvision vgg16 IMAGENET1K_V1")
+    def _build_my_net(spec, num_classes):
+        return MyNet(num_classes, spec.get("encoder_weights"))
+
+The builder takes the recipe's ``model`` mapping and K and returns a module mapping
+``(N, 3, H, W)`` to logits ``(N, K, H, W)``; a network with a ``head`` attribute gets
+``optim.head_lr_mult`` on its head's parameters. The smp architectures are registered
+on first use (they need ``model.encoder``).
 
 Pre-trained ImageNet weights (``encoder_weights: imagenet``) are downloaded at run
 time (smp from the Hugging Face hub, torchvision from download.pytorch.org). On a
@@ -27,17 +43,19 @@ machine without internet pass a local file, ``encoder_weights: /path/to/file.pth
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 #: Architectures written in this module (not shipped by smp).
-OWN_ARCHS: tuple[str, ...] = ("deeplab_largefov", "deeplabv2")
+OWN_ARCHS: tuple[str, ...] = ("deeplab_largefov", "deeplabv2", "deeplabv2_vgg16")
 
 #: Default MSC scales of DeepLab (Chen et al.).
 MSC_SCALES: tuple[float, ...] = (1.0, 0.75, 0.5)
@@ -74,9 +92,97 @@ def smp_encoders() -> tuple[str, ...]:
     return tuple(get_encoder_names())
 
 
+#: A builder: ``(model spec mapping, K) -> nn.Module`` (logits at the input size).
+ModelBuilder = Callable[[Mapping[str, Any], int], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered architecture.
+
+    Attributes:
+        name: the ``model.arch`` value (lower case).
+        build: ``(spec, num_classes) -> nn.Module``.
+        uses_encoder: reads ``model.encoder`` (smp architectures); validated by the recipe.
+        weights: what ``encoder_weights: imagenet`` loads (for documentation).
+    """
+
+    name: str
+    build: ModelBuilder
+    uses_encoder: bool = False
+    weights: str = ""
+
+
+#: Architectures registered with :func:`register_model`, by name. smp's architectures
+#: are looked up in smp itself (:func:`get_model_entry`), so importing this module does
+#: not import smp.
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    build: ModelBuilder | None = None,
+    *,
+    uses_encoder: bool = False,
+    weights: str = "",
+    replace: bool = False,
+) -> Any:
+    """Register an architecture under ``name`` (usable as a decorator).
+
+    Args:
+        name: the ``model.arch`` value; lower case letters, digits, ``_`` and ``-``.
+        build: ``(spec, num_classes) -> nn.Module``; omit to use as a decorator.
+        uses_encoder: the builder reads ``model.encoder`` (an smp encoder name).
+        weights: description of the ImageNet weights ``encoder_weights: imagenet`` loads.
+        replace: allow replacing an existing entry.
+
+    Returns:
+        ``build`` (or the decorator).
+
+    Raises:
+        ValueError: bad name, or ``name`` is taken and ``replace`` is False.
+    """
+    key = str(name).lower()
+    if not key or not all(c.isalnum() or c in "_-" for c in key):
+        raise ValueError(f"name: expected letters, digits, '_' or '-', got {name!r}")
+
+    def add(fn: ModelBuilder) -> ModelBuilder:
+        if not callable(fn):
+            raise ValueError(f"build: expected a callable, got {fn!r}")
+        if key in MODELS and not replace:
+            raise ValueError(f"model {key!r} is already registered (pass replace=True)")
+        MODELS[key] = ModelEntry(key, fn, uses_encoder=uses_encoder, weights=weights)
+        return fn
+
+    return add if build is None else add(build)
+
+
+def _smp_entry(arch: str) -> ModelEntry:
+    return ModelEntry(
+        arch, _smp_builder(arch), uses_encoder=True, weights="smp encoder weights 'imagenet'"
+    )
+
+
+def get_model_entry(arch: str) -> ModelEntry:
+    """The registry entry of ``arch``.
+
+    Raises:
+        ValueError: unknown architecture, with the closest names.
+    """
+    key = str(arch).lower()
+    if key in MODELS:
+        return MODELS[key]
+    if key in smp_archs():
+        return _smp_entry(key)
+    names = known_archs()
+    close = difflib.get_close_matches(key, names, n=3)
+    hint = f"; did you mean {close}?" if close else ""
+    raise ValueError(f"model.arch: unknown architecture {arch!r}{hint}; known: {sorted(names)}")
+
+
 def known_archs() -> tuple[str, ...]:
     """All architecture names accepted by :func:`build_model`."""
-    return (*smp_archs(), *OWN_ARCHS)
+    return (*MODELS, *(a for a in smp_archs() if a not in MODELS))
 
 
 def _is_local_weights(weights: Any) -> bool:
@@ -179,6 +285,37 @@ class PadToMultiple(nn.Module):
         return out[..., :h, :w]
 
 
+def _deeplab_vgg16_trunk(encoder_weights: Any) -> list[nn.Module]:
+    """torchvision's VGG16 ``features`` with DeepLab's changes (output stride 8).
+
+    3×3/pad-1 max pooling with stride 2 after conv1–conv3 and stride 1 after conv4 and
+    conv5; the conv5 convolutions dilated by 2 (padding 2). Returns the layers.
+    """
+    from torchvision.models import vgg16
+
+    vgg = vgg16(weights=None)
+    _load_torchvision_weights(vgg, "vgg16", encoder_weights)
+    layers: list[nn.Module] = []
+    pools = 0
+    for layer in vgg.features:
+        if isinstance(layer, nn.MaxPool2d):
+            layers.append(nn.MaxPool2d(3, stride=2 if pools < 3 else 1, padding=1))
+            pools += 1
+        else:
+            if pools == 4 and isinstance(layer, nn.Conv2d):  # conv5_x, after pool4
+                layer.dilation = (2, 2)
+                layer.padding = (2, 2)
+            layers.append(layer)
+    return layers
+
+
+def _init_head(head: nn.Module) -> None:
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+
+
 class DeepLabLargeFOV(nn.Module):
     """DeepLab-LargeFOV on VGG16 (Chen et al., ICLR 2015), output stride 8.
 
@@ -196,29 +333,7 @@ class DeepLabLargeFOV(nn.Module):
 
     def __init__(self, num_classes: int, encoder_weights: str | None = None) -> None:
         super().__init__()
-        from torchvision.models import vgg16
-
-        vgg = vgg16(weights=None)
-        _load_torchvision_weights(vgg, "vgg16", encoder_weights)
-        layers: list[nn.Module] = []
-        pool_index = 0
-        for layer in vgg.features:
-            if isinstance(layer, nn.MaxPool2d):
-                stride = 2 if pool_index < 3 else 1
-                layers.append(nn.MaxPool2d(3, stride=stride, padding=1, ceil_mode=False))
-                pool_index += 1
-            else:
-                layers.append(layer)
-        # conv5_x are the three convolutions after the fourth pooling layer.
-        convs_after_pool4 = False
-        pools_seen = 0
-        for layer in layers:
-            if isinstance(layer, nn.MaxPool2d):
-                pools_seen += 1
-                convs_after_pool4 = pools_seen == 4
-            elif convs_after_pool4 and isinstance(layer, nn.Conv2d):
-                layer.dilation = (2, 2)
-                layer.padding = (2, 2)
+        layers = _deeplab_vgg16_trunk(encoder_weights)
         layers.append(nn.AvgPool2d(3, stride=1, padding=1))
         self.backbone = nn.Sequential(*layers)
         self.head = nn.Sequential(
@@ -230,10 +345,7 @@ class DeepLabLargeFOV(nn.Module):
             nn.Dropout2d(0.5),
             nn.Conv2d(1024, num_classes, 1),
         )
-        for m in self.head.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+        _init_head(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(N, 3, H, W)`` float → logits ``(N, K, H, W)``."""
@@ -290,14 +402,71 @@ class DeepLabV2(nn.Module):
         return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class DeepLabV2VGG16(nn.Module):
+    """DeepLab-v2 on VGG16 (Chen et al., TPAMI 2017, "DeepLab-ASPP-L" on VGG16).
+
+    The VGG16 trunk of :class:`DeepLabLargeFOV` (pool4/pool5 stride 1, conv5 dilated by
+    2, output stride 8) followed by four parallel branches, one per rate r in 6, 12,
+    18, 24: fc6 (3×3, dilation r, 1024 channels), ReLU, dropout 0.5, fc7 (1×1, 1024),
+    ReLU, dropout 0.5, fc8 (1×1, ``num_classes``); the branch logits are summed and
+    bilinearly upsampled to the input size.
+
+    Args:
+        num_classes: K, number of output classes (>= 1).
+        encoder_weights: ``"imagenet"`` (torchvision's VGG16 ``IMAGENET1K_V1``), a local
+            VGG16 state dict file, or ``None``.
+        rates: ASPP dilation rates.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        encoder_weights: str | None = None,
+        rates: Sequence[int] = ASPP_RATES,
+    ) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(*_deeplab_vgg16_trunk(encoder_weights))
+        self.head = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(512, 1024, 3, padding=int(r), dilation=int(r)),
+                nn.ReLU(inplace=True),
+                nn.Dropout2d(0.5),
+                nn.Conv2d(1024, 1024, 1),
+                nn.ReLU(inplace=True),
+                nn.Dropout2d(0.5),
+                nn.Conv2d(1024, num_classes, 1),
+            )
+            for r in rates
+        )
+        _init_head(self.head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(N, 3, H, W)`` float → logits ``(N, K, H, W)``."""
+        feats = self.backbone(x)
+        out = sum(branch(feats) for branch in self.head)
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class MSCOutput(NamedTuple):
+    """What :meth:`MSC.forward_all` returns.
+
+    Attributes:
+        fused: element-wise max over scales, ``(N, K, H, W)``.
+        per_scale: every scale's logits upsampled to the input size, in scale order.
+    """
+
+    fused: torch.Tensor
+    per_scale: tuple[torch.Tensor, ...]
+
+
 class MSC(nn.Module):
     """Multi-scale inputs with max fusion (DeepLab's MSC).
 
     For every scale s the input is resized by s (bilinear), passed through ``net``
     and the logits are upsampled back to the input size; the fused output is the
-    element-wise maximum over scales. In training mode the per-scale outputs of the
-    last call are kept in :attr:`last_outputs` (list of ``(N, K, H, W)``) for losses
-    that supervise every scale.
+    element-wise maximum over scales. :meth:`forward` returns the fused logits;
+    :meth:`forward_all` also returns every scale's logits (for a loss that supervises
+    every scale, as DeepLab's MSC training does). Nothing is stored on the module.
 
     Args:
         net: network mapping ``(N, 3, h, w)`` to ``(N, K, h, w)``.
@@ -311,10 +480,13 @@ class MSC(nn.Module):
             raise ValueError(f"scales: expected positive floats, got {scales}")
         self.net = net
         self.scales = scales
-        self.last_outputs: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(N, 3, H, W)`` float → max-fused logits ``(N, K, H, W)``."""
+        return self.forward_all(x).fused
+
+    def forward_all(self, x: torch.Tensor) -> MSCOutput:
+        """``x``: ``(N, 3, H, W)`` float → :class:`MSCOutput` (fused and per-scale logits)."""
         size = x.shape[-2:]
         outputs = []
         for s in self.scales:
@@ -328,8 +500,7 @@ class MSC(nn.Module):
             if out.shape[-2:] != size:
                 out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
             outputs.append(out)
-        self.last_outputs = outputs if self.training else []
-        return torch.stack(outputs, 0).amax(0)
+        return MSCOutput(torch.stack(outputs, 0).amax(0), tuple(outputs))
 
 
 def _load_torchvision_weights(net: nn.Module, name: str, weights: Any) -> None:
@@ -394,13 +565,47 @@ def _smp_stride(net: nn.Module) -> int:
     return stride if fn else 1
 
 
+def _smp_builder(arch: str) -> ModelBuilder:
+    def build(spec: Mapping[str, Any], k: int) -> nn.Module:
+        encoder = str(spec.get("encoder", "mobilenet_v2"))
+        if not encoder.startswith("tu-") and encoder not in smp_encoders():
+            raise ValueError(
+                f"model.encoder: unknown encoder {encoder!r}; see "
+                "segmentation_models_pytorch.encoders.get_encoder_names() or use a 'tu-<timm name>'"
+            )
+        kwargs = dict(spec.get("kwargs") or {})
+        if spec.get("output_stride") is not None and arch in ("deeplabv3", "deeplabv3plus"):
+            kwargs.setdefault("encoder_output_stride", int(spec["output_stride"]))
+        net = _build_smp(arch, encoder, spec.get("encoder_weights"), k, **kwargs)
+        return PadToMultiple(net, _smp_stride(net))
+
+    return build
+
+
+register_model(
+    "deeplab_largefov",
+    lambda spec, k: DeepLabLargeFOV(k, spec.get("encoder_weights")),
+    weights="torchvision vgg16 IMAGENET1K_V1",
+)
+register_model(
+    "deeplabv2",
+    lambda spec, k: DeepLabV2(k, spec.get("encoder_weights")),
+    weights="torchvision resnet101 IMAGENET1K_V1",
+)
+register_model(
+    "deeplabv2_vgg16",
+    lambda spec, k: DeepLabV2VGG16(k, spec.get("encoder_weights")),
+    weights="torchvision vgg16 IMAGENET1K_V1",
+)
+
+
 def build_model(spec: Mapping[str, Any], num_classes: int | None = None) -> nn.Module:
     """Build a segmentation network from a model spec (the ``model`` section of a recipe).
 
     Args:
-        spec: mapping with ``arch`` (smp architecture name or one of :data:`OWN_ARCHS`),
-            ``encoder`` (smp encoder name; ignored by ``deeplab_largefov`` and
-            ``deeplabv2``), ``encoder_weights`` (``"imagenet"``, ``None`` or a local
+        spec: mapping with ``arch`` (a name registered in :data:`MODELS`: an smp
+            architecture or one of :data:`OWN_ARCHS`), ``encoder`` (smp encoder name;
+            ignored by the architectures of this module), ``encoder_weights`` (``"imagenet"``, ``None`` or a local
             file path), optional ``num_classes``, ``output_stride`` (smp DeepLab
             architectures), ``msc`` (``None`` or a list of scales) and ``kwargs``
             (extra keyword arguments for the smp constructor).
@@ -414,29 +619,11 @@ def build_model(spec: Mapping[str, Any], num_classes: int | None = None) -> nn.M
         ValueError: unknown architecture/encoder or bad ``num_classes``.
         WeightsUnavailableError: ImageNet weights requested but not downloadable.
     """
-    arch = str(spec.get("arch", "deeplabv3plus")).lower()
+    entry = get_model_entry(str(spec.get("arch", "deeplabv3plus")))
     k = num_classes if num_classes is not None else spec.get("num_classes")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"model.num_classes: expected a positive int, got {k!r}")
-    weights = spec.get("encoder_weights")
-    if arch == "deeplab_largefov":
-        net: nn.Module = DeepLabLargeFOV(k, weights)
-    elif arch == "deeplabv2":
-        net = DeepLabV2(k, weights)
-    elif arch in smp_archs():
-        encoder = str(spec.get("encoder", "mobilenet_v2"))
-        if not encoder.startswith("tu-") and encoder not in smp_encoders():
-            raise ValueError(
-                f"model.encoder: unknown encoder {encoder!r}; see "
-                "segmentation_models_pytorch.encoders.get_encoder_names() or use a 'tu-<timm name>'"
-            )
-        kwargs = dict(spec.get("kwargs") or {})
-        if spec.get("output_stride") is not None and arch in ("deeplabv3", "deeplabv3plus"):
-            kwargs.setdefault("encoder_output_stride", int(spec["output_stride"]))
-        net = _build_smp(arch, encoder, weights, k, **kwargs)
-        net = PadToMultiple(net, _smp_stride(net))
-    else:
-        raise ValueError(f"model.arch: unknown architecture {arch!r}; known: {list(known_archs())}")
+    net = entry.build(spec, k)
     scales = spec.get("msc")
     if scales:
         net = MSC(net, MSC_SCALES if scales is True else scales)
@@ -446,13 +633,13 @@ def build_model(spec: Mapping[str, Any], num_classes: int | None = None) -> nn.M
 def head_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Split parameters into (backbone, head) for per-group learning rates.
 
-    The head is ``model.head`` for our own networks and ``segmentation_head`` +
-    ``decoder`` for smp networks (anything not in the encoder).
+    The head is ``model.head`` for networks that have one (those of this module) and
+    ``segmentation_head`` + ``decoder`` for smp networks (anything not in the encoder).
     """
     net = model
     while isinstance(net, (MSC, PadToMultiple)):
         net = net.net
-    if isinstance(net, (DeepLabLargeFOV, DeepLabV2)):
+    if isinstance(getattr(net, "head", None), nn.Module):
         head_ids = {id(p) for p in net.head.parameters()}
     elif hasattr(net, "encoder"):
         enc_ids = {id(p) for p in net.encoder.parameters()}
