@@ -74,8 +74,10 @@ def test_msc_max_fuses_scales():
     assert fused.shape == (1, 3, 48, 40)
     assert torch.all(fused >= single - 1e-5)
     msc.train()
-    msc(torch.randn(2, 3, 32, 32))
-    assert len(msc.last_outputs) == 3
+    out = msc.forward_all(torch.randn(2, 3, 32, 32))
+    assert len(out.per_scale) == 3 and all(o.shape == (2, 3, 32, 32) for o in out.per_scale)
+    torch.testing.assert_close(out.fused, torch.stack(out.per_scale).amax(0))
+    assert not hasattr(msc, "last_outputs")  # nothing of the last call stays on the module
 
 
 def test_msc_from_spec_on_largefov():

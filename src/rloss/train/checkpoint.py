@@ -178,9 +178,7 @@ def load_model(
     return model.to(map_location).eval(), config
 
 
-def save_model_file(
-    model: nn.Module, meta: Mapping[str, Any], path: str | Path
-) -> Path:
+def save_model_file(model: nn.Module, meta: Mapping[str, Any], path: str | Path) -> Path:
     """Write the weights-only export ``{"state_dict", "rloss": meta}`` atomically."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return torch_save_atomic({"state_dict": state, "rloss": to_plain(meta)}, path)

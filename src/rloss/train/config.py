@@ -91,11 +91,13 @@ def one_of(options: Sequence[Any]) -> Check:
 NUMBER = Check("a number", _is_num)
 NON_NEGATIVE = Check("a non-negative number", lambda v: v >= 0, first=NUMBER)
 POSITIVE = Check("a positive number", lambda v: v > 0, first=NUMBER)
-NON_NEGATIVE_OR_NULL = Check("a non-negative number or null", lambda v: v is None or (
-    _is_num(v) and v >= 0))
+NON_NEGATIVE_OR_NULL = Check(
+    "a non-negative number or null", lambda v: v is None or (_is_num(v) and v >= 0)
+)
 POSITIVE_INT = Check("a positive int", lambda v: _is_int(v) and v >= 1)
-POSITIVE_INT_OR_NULL = Check("a positive int or null", lambda v: v is None or (
-    _is_int(v) and v >= 1))
+POSITIVE_INT_OR_NULL = Check(
+    "a positive int or null", lambda v: v is None or (_is_int(v) and v >= 1)
+)
 NON_NEGATIVE_INT = Check("a non-negative int", lambda v: _is_int(v) and v >= 0)
 INT = Check("an int", _is_int)
 BOOL = Check("true or false", lambda v: isinstance(v, bool))
@@ -112,12 +114,9 @@ BATCH_LIMIT = Check(
 )
 
 
-def _f(default: Any, check: Check | None = None, **meta: Any) -> Any:
-    """A spec field with its default (copied per instance when mutable) and its check."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"check": check,
-                                                                              **meta})
-    return field(default=default, metadata={"check": check, **meta})
+def _m(check: Check | None = None, **meta: Any) -> dict[str, Any]:
+    """Field metadata: its check (and ``trainer=True`` for ``pl.Trainer`` arguments)."""
+    return {"check": check, **meta}
 
 
 def _check_fields(spec: Any, prefix: str) -> None:
@@ -160,19 +159,21 @@ class ModelSpec:
     constructor arguments (unchecked).
     """
 
-    arch: str = _f("deeplabv3plus", STR)
-    encoder: str = _f("mobilenet_v2", STR)
-    encoder_weights: str | None = _f("imagenet", STR_OR_NULL)
-    num_classes: int | None = _f(None, POSITIVE_INT_OR_NULL)
-    output_stride: int | None = _f(16, POSITIVE_INT_OR_NULL)
-    msc: Any = _f(
-        None,
-        Check(
-            "null, true or a list of positive scales",
-            lambda v: v in (None, False, True) or POSITIVE_LIST.ok(v),
+    arch: str = field(default="deeplabv3plus", metadata=_m(STR))
+    encoder: str = field(default="mobilenet_v2", metadata=_m(STR))
+    encoder_weights: str | None = field(default="imagenet", metadata=_m(STR_OR_NULL))
+    num_classes: int | None = field(default=None, metadata=_m(POSITIVE_INT_OR_NULL))
+    output_stride: int | None = field(default=16, metadata=_m(POSITIVE_INT_OR_NULL))
+    msc: Any = field(
+        default=None,
+        metadata=_m(
+            Check(
+                "null, true or a list of positive scales",
+                lambda v: v in (None, False, True) or POSITIVE_LIST.ok(v),
+            )
         ),
     )
-    kwargs: dict[str, Any] = _f({}, MAPPING_OR_NULL)
+    kwargs: dict[str, Any] = field(default_factory=lambda: {}, metadata=_m(MAPPING_OR_NULL))
 
     def as_mapping(self) -> dict[str, Any]:
         """The section as a plain mapping (what :func:`rloss.train.models.build_model` takes)."""
@@ -183,36 +184,53 @@ class ModelSpec:
 class SyntheticSpec:
     """``data.synthetic``: the synthetic scenes (:class:`rloss.data.synthetic.SyntheticScenes`)."""
 
-    num_train: int = _f(32, POSITIVE_INT)
-    num_val: int = _f(8, POSITIVE_INT)
-    size: list[int] = _f([64, 64], Check(
-        "[height, width] of positive ints",
-        lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
-            _is_int(x) and x >= 1 for x in v),
-    ))
-    seed: int = _f(0, INT)
-    scribble_fraction: float = _f(0.03, NON_NEGATIVE)
+    num_train: int = field(default=32, metadata=_m(POSITIVE_INT))
+    num_val: int = field(default=8, metadata=_m(POSITIVE_INT))
+    size: list[int] = field(
+        default_factory=lambda: [64, 64],
+        metadata=_m(
+            Check(
+                "[height, width] of positive ints",
+                lambda v: (
+                    isinstance(v, (list, tuple))
+                    and len(v) == 2
+                    and all(_is_int(x) and x >= 1 for x in v)
+                ),
+            )
+        ),
+    )
+    seed: int = field(default=0, metadata=_m(INT))
+    scribble_fraction: float = field(default=0.03, metadata=_m(NON_NEGATIVE))
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """The ``data`` section: dataset, supervision, augmentation and loaders."""
 
-    kind: str = _f("voc_scribble", one_of(DATA_KINDS))
-    root: str | None = _f(None)
-    supervision: str = _f("scribble", one_of(SUPERVISION))
-    train_split: str = _f("train")
-    val_split: str = _f("val")
-    crop_size: int = _f(513, POSITIVE_INT)
-    scale_range: list[float] = _f([0.5, 2.0], Check(
-        "[low, high] with 0 < low <= high",
-        lambda v: isinstance(v, (list, tuple)) and len(v) == 2
-        and all(_is_num(s) and s > 0 for s in v) and v[0] <= v[1],
-    ))
-    flip: bool = _f(True, BOOL)
-    batch_size: int = _f(12, POSITIVE_INT)
-    val_batch_size: int = _f(1, POSITIVE_INT)
-    num_workers: int = _f(4, NON_NEGATIVE_INT)
+    kind: str = field(default="voc_scribble", metadata=_m(one_of(DATA_KINDS)))
+    root: str | None = field(default=None, metadata=_m())
+    supervision: str = field(default="scribble", metadata=_m(one_of(SUPERVISION)))
+    train_split: str = field(default="train", metadata=_m())
+    val_split: str = field(default="val", metadata=_m())
+    crop_size: int = field(default=513, metadata=_m(POSITIVE_INT))
+    scale_range: list[float] = field(
+        default_factory=lambda: [0.5, 2.0],
+        metadata=_m(
+            Check(
+                "[low, high] with 0 < low <= high",
+                lambda v: (
+                    isinstance(v, (list, tuple))
+                    and len(v) == 2
+                    and all(_is_num(s) and s > 0 for s in v)
+                    and v[0] <= v[1]
+                ),
+            )
+        ),
+    )
+    flip: bool = field(default=True, metadata=_m(BOOL))
+    batch_size: int = field(default=12, metadata=_m(POSITIVE_INT))
+    val_batch_size: int = field(default=1, metadata=_m(POSITIVE_INT))
+    num_workers: int = field(default=4, metadata=_m(NON_NEGATIVE_INT))
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
 
     @property
@@ -234,15 +252,15 @@ class OptimSpec:
     ``T = total_iters`` (or Lightning's estimate when null).
     """
 
-    name: str = _f("sgd", one_of(OPTIMIZERS))
-    lr: float = _f(0.007, NON_NEGATIVE)
-    momentum: float = _f(0.9, NON_NEGATIVE)
-    weight_decay: float = _f(5e-4, NON_NEGATIVE)
-    nesterov: bool = _f(False, BOOL)
-    head_lr_mult: float = _f(1.0, NON_NEGATIVE)
-    schedule: str = _f("poly", one_of(SCHEDULES))
-    power: float = _f(0.9, NON_NEGATIVE)
-    total_iters: int | None = _f(None, POSITIVE_INT_OR_NULL)
+    name: str = field(default="sgd", metadata=_m(one_of(OPTIMIZERS)))
+    lr: float = field(default=0.007, metadata=_m(NON_NEGATIVE))
+    momentum: float = field(default=0.9, metadata=_m(NON_NEGATIVE))
+    weight_decay: float = field(default=5e-4, metadata=_m(NON_NEGATIVE))
+    nesterov: bool = field(default=False, metadata=_m(BOOL))
+    head_lr_mult: float = field(default=1.0, metadata=_m(NON_NEGATIVE))
+    schedule: str = field(default="poly", metadata=_m(one_of(SCHEDULES)))
+    power: float = field(default=0.9, metadata=_m(NON_NEGATIVE))
+    total_iters: int | None = field(default=None, metadata=_m(POSITIVE_INT_OR_NULL))
 
 
 @dataclass(frozen=True)
@@ -251,28 +269,37 @@ class TrainerSpec:
     unchanged (:meth:`as_trainer_kwargs`); ``sync_batchnorm: auto`` is resolved there;
     ``checkpoint_every_n_steps`` and ``threads`` are ours."""
 
-    max_epochs: int = _f(60, POSITIVE_INT, trainer=True)
-    max_steps: int = _f(
-        -1, Check("a positive int or -1", lambda v: _is_int(v) and (v >= 1 or v == -1)),
-        trainer=True,
+    max_epochs: int = field(default=60, metadata=_m(POSITIVE_INT, trainer=True))
+    max_steps: int = field(
+        default=-1,
+        metadata=_m(
+            Check("a positive int or -1", lambda v: _is_int(v) and (v >= 1 or v == -1)),
+            trainer=True,
+        ),
     )
-    accelerator: str = _f("auto", trainer=True)
-    devices: Any = _f(1, trainer=True)
-    num_nodes: int = _f(1, POSITIVE_INT, trainer=True)
-    strategy: Any = _f("auto", trainer=True)
-    sync_batchnorm: Any = _f(
-        "auto", Check("'auto', true or false", lambda v: v == "auto" or isinstance(v, bool))
+    accelerator: str = field(default="auto", metadata=_m(trainer=True))
+    devices: Any = field(default=1, metadata=_m(trainer=True))
+    num_nodes: int = field(default=1, metadata=_m(POSITIVE_INT, trainer=True))
+    strategy: Any = field(default="auto", metadata=_m(trainer=True))
+    sync_batchnorm: Any = field(
+        default="auto",
+        metadata=_m(Check("'auto', true or false", lambda v: v == "auto" or isinstance(v, bool))),
     )
-    precision: Any = _f("32-true", trainer=True)
-    check_val_every_n_epoch: int = _f(1, POSITIVE_INT, trainer=True)
-    limit_train_batches: Any = _f(None, BATCH_LIMIT, trainer=True)
-    limit_val_batches: Any = _f(None, BATCH_LIMIT, trainer=True)
-    log_every_n_steps: int = _f(10, POSITIVE_INT, trainer=True)
-    checkpoint_every_n_steps: int | None = _f(None, POSITIVE_INT_OR_NULL)
-    gradient_clip_val: float | None = _f(None, NON_NEGATIVE_OR_NULL, trainer=True)
-    deterministic: Any = _f(False, trainer=True)
-    threads: Any = _f(
-        "auto", Check("'auto' or a positive int", lambda v: v == "auto" or (_is_int(v) and v >= 1))
+    precision: Any = field(default="32-true", metadata=_m(trainer=True))
+    check_val_every_n_epoch: int = field(default=1, metadata=_m(POSITIVE_INT, trainer=True))
+    limit_train_batches: Any = field(default=None, metadata=_m(BATCH_LIMIT, trainer=True))
+    limit_val_batches: Any = field(default=None, metadata=_m(BATCH_LIMIT, trainer=True))
+    log_every_n_steps: int = field(default=10, metadata=_m(POSITIVE_INT, trainer=True))
+    checkpoint_every_n_steps: int | None = field(default=None, metadata=_m(POSITIVE_INT_OR_NULL))
+    gradient_clip_val: float | None = field(
+        default=None, metadata=_m(NON_NEGATIVE_OR_NULL, trainer=True)
+    )
+    deterministic: Any = field(default=False, metadata=_m(trainer=True))
+    threads: Any = field(
+        default="auto",
+        metadata=_m(
+            Check("'auto' or a positive int", lambda v: v == "auto" or (_is_int(v) and v >= 1))
+        ),
     )
 
     def as_trainer_kwargs(self) -> dict[str, Any]:
@@ -304,9 +331,9 @@ class TrainerSpec:
 class EvalSpec:
     """The ``eval`` section: test-time scales, flips and CRF post-processing parameters."""
 
-    scales: list[float] = _f([1.0], POSITIVE_LIST)
-    flip: bool = _f(False, BOOL)
-    crf: dict[str, Any] | None = _f(None, MAPPING_OR_NULL)
+    scales: list[float] = field(default_factory=lambda: [1.0], metadata=_m(POSITIVE_LIST))
+    flip: bool = field(default=False, metadata=_m(BOOL))
+    crf: dict[str, Any] | None = field(default=None, metadata=_m(MAPPING_OR_NULL))
 
 
 _SECTIONS: dict[str, type] = {

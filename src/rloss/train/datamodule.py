@@ -2,7 +2,8 @@
 
 Training items are random crops (``TrainTransform``); validation items are full
 resolution (``EvalTransform``), batched one image at a time by default or padded
-with :func:`pad_collate` (image 0, labels 255, roi 0) for larger batches.
+with :func:`rloss.data.transforms.pad_collate` (the sample contract's
+:data:`~rloss.data.transforms.PAD_VALUES`) for larger batches.
 
 Under DDP, Lightning wraps the training loader in a ``DistributedSampler``; the
 validation loader uses :class:`UnpaddedDistributedSampler`, which splits the val
@@ -12,50 +13,28 @@ set across processes without repeating images, so the reduced confusion matrix
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from rloss.constants import IGNORE_INDEX, VOC_CLASSES
+from rloss.constants import VOC_CLASSES
+from rloss.data.folder import SegmentationFolder
+from rloss.data.synthetic import SyntheticScenes
+from rloss.data.transforms import EvalTransform, TrainTransform, pad_collate
+from rloss.data.voc import VOCScribble
+from rloss.train.config import DataSpec
 
-
-def pad_collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Collate samples of different sizes by padding to the largest (bottom/right).
-
-    ``image``/``image_raw`` are padded with 0, ``scribble``/``mask`` with 255,
-    ``roi`` with 0; ``name`` becomes a list of str. Shapes: ``image`` ``(N, 3, H, W)``,
-    ``scribble``/``mask`` ``(N, H, W)`` int64, ``roi`` ``(N, H, W)`` float32.
-    """
-    if not samples:
-        raise ValueError("samples: expected at least one sample, got none")
-    h = max(int(s["image"].shape[-2]) for s in samples)
-    w = max(int(s["image"].shape[-1]) for s in samples)
-    pad_values = {
-        "image": 0.0,
-        "image_raw": 0.0,
-        "scribble": IGNORE_INDEX,
-        "mask": IGNORE_INDEX,
-        "roi": 0.0,
-    }
-    out: dict[str, Any] = {}
-    for key, value in samples[0].items():
-        if key in pad_values:
-            tensors = []
-            for s in samples:
-                t = s[key]
-                ph, pw = h - t.shape[-2], w - t.shape[-1]
-                tensors.append(F.pad(t, (0, pw, 0, ph), value=pad_values[key]) if ph or pw else t)
-            out[key] = torch.stack(tensors)
-        elif isinstance(value, torch.Tensor):
-            out[key] = torch.stack([s[key] for s in samples])
-        else:
-            out[key] = [s[key] for s in samples]
-    return out
+__all__ = [
+    "SegmentationDataModule",
+    "UnpaddedDistributedSampler",
+    "build_dataset",
+    "dataset_classes",
+    "pad_collate",
+]
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -101,17 +80,18 @@ def dataset_classes(dataset: Any, num_classes: int | None = None) -> list[str]:
     return [f"class_{i}" for i in range(int(n))]
 
 
-def build_dataset(data: Mapping[str, Any], split: str) -> Dataset:
+def build_dataset(data: Mapping[str, Any] | DataSpec, split: str) -> Dataset:
     """Build the train or val dataset of a recipe's ``data`` section.
 
     Args:
-        data: the ``data`` section (``kind``, ``root``, ``crop_size``, ...).
+        data: the ``data`` section (``kind``, ``root``, ``crop_size``, ...), as a
+            :class:`~rloss.train.config.DataSpec` or a mapping.
         split: ``"train"`` or ``"val"``.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split: expected 'train' or 'val', got {split!r}")
-    from rloss.data.transforms import EvalTransform, TrainTransform
-
+    if isinstance(data, DataSpec):
+        data = data.as_mapping()
     if split == "train":
         transform = TrainTransform(
             int(data["crop_size"]), scale_range=tuple(data["scale_range"]), flip=bool(data["flip"])
@@ -120,8 +100,6 @@ def build_dataset(data: Mapping[str, Any], split: str) -> Dataset:
         transform = EvalTransform()
     kind = data["kind"]
     if kind == "synthetic":
-        from rloss.data.synthetic import SyntheticScenes
-
         syn = data.get("synthetic") or {}
         return SyntheticScenes(
             int(syn.get("num_train" if split == "train" else "num_val", 8)),
@@ -134,15 +112,8 @@ def build_dataset(data: Mapping[str, Any], split: str) -> Dataset:
     name = data["train_split"] if split == "train" else data["val_split"]
     root = Path(str(data["root"])).expanduser()
     if kind == "voc_scribble":
-        try:
-            from rloss.data.voc import VOCScribble
-        except ImportError:
-            from rloss.data import VOCScribble
-
         return VOCScribble(root, split=name, transform=transform)
     if kind == "folder":
-        from rloss.data.folder import SegmentationFolder
-
         return SegmentationFolder(root, split=name, transform=transform)
     raise ValueError(f"data.kind: unknown kind {kind!r}")
 
@@ -151,7 +122,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     """Train/val loaders for a recipe's ``data`` section.
 
     Args:
-        data: the ``data`` section of a resolved config.
+        data: the ``data`` section of a resolved recipe
+            (:class:`~rloss.train.config.DataSpec` or its mapping).
         train_dataset: use this dataset instead of building one (sample dicts of the
             data contract).
         val_dataset: likewise for validation (full-resolution items).
@@ -159,12 +131,12 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        data: Mapping[str, Any],
+        data: Mapping[str, Any] | DataSpec,
         train_dataset: Dataset | None = None,
         val_dataset: Dataset | None = None,
     ) -> None:
         super().__init__()
-        self.data = dict(data)
+        self.data = data.as_mapping() if isinstance(data, DataSpec) else dict(data)
         self._train = train_dataset
         self._val = val_dataset
 

@@ -6,10 +6,12 @@ Training minimises ``pCE(logits, target) + Σ_r λ_r E_r(image_raw, softmax(logi
 follows the poly schedule ``lr_t = lr_0 · (1 − t / T)^power`` stepped every
 iteration, ``T`` the total number of optimizer steps.
 
-Validation runs on full-resolution images and accumulates a confusion matrix
-(torchmetrics ``MulticlassConfusionMatrix``, summed across processes under DDP);
-``IoU_k = C_kk / (Σ_j C_kj + Σ_i C_ik − C_kk)``, and mIoU is the mean over
-classes present in the ground truth or the predictions (VOC convention).
+Validation runs on full-resolution images and accumulates a
+:class:`rloss.train.metrics.ConfusionMatrix` (summed across processes under DDP),
+summarised by :func:`rloss.train.metrics.summarize`, the same code as ``rloss eval``.
+
+The module receives its parts (network, criterion, optimiser spec and the few settings
+it needs); :meth:`SegmentationModule.from_recipe` builds them from a recipe.
 """
 
 from __future__ import annotations
@@ -23,10 +25,22 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from rloss.constants import IGNORE_INDEX
+from rloss.losses import size_bounds_from_mask
+from rloss.train.checkpoint import to_plain
+from rloss.train.config import OptimSpec, Recipe
+from rloss.train.metrics import ConfusionMatrix, iou_from_confusion, summarize
 from rloss.train.models import MSC, build_model, head_parameters
+
+__all__ = [
+    "SegmentationModule",
+    "build_criterion",
+    "default_threads",
+    "iou_from_confusion",
+    "poly_factor",
+    "set_threads",
+]
 
 
 def build_criterion(loss: Mapping[str, Mapping[str, Any]]) -> nn.Module:
@@ -102,17 +116,6 @@ class _PolyLambda:
         return poly_factor(step, self.total, self.power)
 
 
-def iou_from_confusion(confmat: torch.Tensor) -> torch.Tensor:
-    """Per-class IoU ``(K,)`` float64 from a confusion matrix ``(K, K)`` (rows = truth).
-
-    Classes absent from both truth and prediction get NaN (left out of the mean).
-    """
-    cm = confmat.double()
-    tp = cm.diagonal()
-    union = cm.sum(0) + cm.sum(1) - tp
-    return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, math.nan))
-
-
 def default_threads(local_processes: int) -> int:
     """Intra-op threads per process: usable cores // processes on this node (>= 1)."""
     try:
@@ -137,10 +140,21 @@ class SegmentationModule(pl.LightningModule):
     """Weakly- or fully-supervised segmentation training with regularized losses.
 
     Args:
-        config: resolved recipe (see :mod:`rloss.train.config`); uses ``model``,
-            ``loss``, ``optim``, ``data.supervision`` and ``trainer.threads``.
-        num_classes: K.
-        class_names: K names for per-class logging (default ``class_i``).
+        model: network mapping ``(N, 3, H, W)`` normalised images to logits
+            ``(N, K, H, W)``; an :class:`~rloss.train.models.MSC` network also has its
+            per-scale outputs supervised by the cross-entropy (DeepLab's MSC training).
+        criterion: :class:`rloss.losses.CompositeLoss` with a ``pce`` term, called as
+            ``criterion(logits, target, image_raw, roi, size_bounds)``.
+        optim: optimiser and schedule (:class:`~rloss.train.config.OptimSpec` or its
+            mapping).
+        class_names: K names (index = label value) for per-class logging.
+        target_key: batch key the cross-entropy trains on: ``"scribble"`` or ``"mask"``.
+        size_margin: margin of the size-loss bounds taken from the ground-truth mask
+            (``None``: no size bounds are passed).
+        threads: intra-op threads per process, or ``"auto"`` (cores / local processes).
+        meta: plain data stored under ``"rloss"`` in every checkpoint (the resolved
+            recipe as ``{"config": ...}``, which :func:`rloss.train.checkpoint.load_model`
+            needs).
 
     Batches are dicts of the data contract: ``image`` ``(N, 3, H, W)`` normalised,
     ``image_raw`` ``(N, 3, H, W)`` 0..255, ``scribble``/``mask`` ``(N, H, W)`` int64
@@ -153,35 +167,74 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(
         self,
-        config: Mapping[str, Any],
-        num_classes: int,
-        class_names: Sequence[str] | None = None,
+        model: nn.Module,
+        criterion: nn.Module,
+        optim: OptimSpec | Mapping[str, Any],
+        *,
+        class_names: Sequence[str],
+        target_key: str = "scribble",
+        size_margin: float | None = None,
+        threads: int | str = "auto",
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.config = _plain_dict(config)
-        self.num_classes = int(num_classes)
-        self.class_names = (
-            list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
-        )
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"class_names: expected {self.num_classes} names, got {len(self.class_names)}"
-            )
-        self.model = build_model(self.config["model"], self.num_classes)
-        self.criterion = build_criterion(self.config["loss"])
-        self.target_key = "scribble" if self.config["data"]["supervision"] == "scribble" else "mask"
-        self.size_margin = self.config["loss"].get("size", {}).get("margin")
-        self.confmat = MulticlassConfusionMatrix(
-            self.num_classes, ignore_index=IGNORE_INDEX, validate_args=False
-        )
+        if target_key not in ("scribble", "mask"):
+            raise ValueError(f"target_key: expected 'scribble' or 'mask', got {target_key!r}")
+        if not class_names:
+            raise ValueError("class_names: expected at least one class name")
+        self.model = model
+        self.criterion = criterion
+        self.optim = optim if isinstance(optim, OptimSpec) else OptimSpec(**dict(optim))
+        self.class_names = [str(c) for c in class_names]
+        self.num_classes = len(self.class_names)
+        self.target_key = target_key
+        self.size_margin = None if size_margin is None else float(size_margin)
+        self.threads = threads
+        self.meta = to_plain(dict(meta or {}))
+        self.confmat = ConfusionMatrix(self.num_classes)
         self.last_val: dict[str, Any] = {}
         self._t_last: float | None = None
         self._train_time = 0.0
         self._train_iters = 0
+        self._train_images = 0
+
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe: Recipe | Mapping[str, Any],
+        class_names: Sequence[str],
+        *,
+        model: nn.Module | None = None,
+    ) -> SegmentationModule:
+        """Build the network, the criterion and the settings from a recipe.
+
+        Args:
+            recipe: a :class:`~rloss.train.config.Recipe` or a (resolved) recipe mapping.
+            class_names: the K class names.
+            model: use this network instead of building ``recipe.model``.
+        """
+        r = recipe if isinstance(recipe, Recipe) else Recipe.from_mapping(recipe, check_paths=False)
+        k = len(class_names)
+        config = r.to_mapping()
+        return cls(
+            model if model is not None else build_model(r.model.as_mapping(), k),
+            build_criterion(r.loss),
+            r.optim,
+            class_names=class_names,
+            target_key=r.data.target_key,
+            size_margin=r.loss.get("size", {}).get("margin"),
+            threads=r.trainer.threads,
+            meta={"config": config},
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved recipe stored in the checkpoints (``{}`` when none was given)."""
+        return dict(self.meta.get("config") or {})
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        threads = self.config["trainer"].get("threads", "auto")
+        threads = self.threads
         if threads == "auto":
             local = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or (
                 self.trainer.num_devices if self.trainer is not None else 1
@@ -203,9 +256,10 @@ class SegmentationModule(pl.LightningModule):
         # forward + backward + optimizer step of one iteration (data loading excluded)
         dt = time.perf_counter() - self._t_last
         self._t_last = None
+        n = int(batch["image"].shape[0]) * max(1, self.trainer.world_size)
         self._train_time += dt
         self._train_iters += 1
-        n = int(batch["image"].shape[0]) * max(1, self.trainer.world_size)
+        self._train_images += n
         self.log("train/sec_per_iter", dt, on_step=True, on_epoch=True, batch_size=1)
         self.log(
             "train/images_per_sec", n / max(dt, 1e-9), on_step=True, on_epoch=True, batch_size=1
@@ -215,20 +269,23 @@ class SegmentationModule(pl.LightningModule):
         image = batch["image"]
         target = batch[self.target_key]
         roi = batch.get("roi")
-        logits = self.model(image)
+        per_scale: tuple[torch.Tensor, ...] = ()
+        if isinstance(self.model, MSC):
+            out = self.model.forward_all(image)
+            logits, per_scale = out.fused, out.per_scale
+        else:
+            logits = self.model(image)
         bounds = None
         if self.size_margin is not None:
-            from rloss.losses import size_bounds_from_mask
-
             mask = batch["mask"]
             if roi is not None:
                 mask = torch.where(roi > 0, mask, torch.full_like(mask, IGNORE_INDEX))
             bounds = size_bounds_from_mask(mask, self.num_classes, float(self.size_margin))
         total, parts = self.criterion(logits, target, batch["image_raw"], roi, bounds)
-        if isinstance(self.model, MSC) and self.model.last_outputs:
+        if per_scale:
             # DeepLab's MSC training: the cross-entropy also supervises every scale's output
             pce = self.criterion.terms["pce"]
-            extra = sum(pce(out, target) for out in self.model.last_outputs)
+            extra = sum(pce(out, target) for out in per_scale)
             total = total + extra
             parts = {**parts, "pce_scales": extra.detach()}
         bs = int(image.shape[0])
@@ -250,61 +307,45 @@ class SegmentationModule(pl.LightningModule):
 
     # ------------------------------------------------------------- validation
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        logits = self.model(batch["image"])
-        pred = logits.argmax(1)
-        mask = batch["mask"]
-        roi = batch.get("roi")
-        if roi is not None:
-            mask = torch.where(roi > 0, mask, torch.full_like(mask, IGNORE_INDEX))
-        self.confmat.update(pred, mask)
+        pred = self.model(batch["image"]).argmax(1)
+        self.confmat.update(pred, batch["mask"], batch.get("roi"))
 
     def on_validation_epoch_end(self) -> None:
         cm = self.confmat.compute()  # summed across processes
         self.confmat.reset()
-        iou = iou_from_confusion(cm)
-        valid = ~torch.isnan(iou)
-        miou = float(iou[valid].mean()) if bool(valid.any()) else math.nan
-        total = float(cm.sum())
-        acc = float(cm.diagonal().sum()) / total if total > 0 else math.nan
-        per_class = {name: float(v) for name, v in zip(self.class_names, iou.tolist())}
-        self.last_val = {
-            "miou": miou,
-            "pixel_acc": acc,
-            "per_class_iou": per_class,
-            "pixels": total,
-            "step": int(self.global_step),
-        }
-        self.log("val/miou", miou, prog_bar=True, sync_dist=False)
-        self.log("val/pixel_acc", acc, sync_dist=False)
-        for name, v in per_class.items():
+        s = summarize(cm, self.class_names)
+        self.last_val = {**s, "step": int(self.global_step)}
+        self.log("val/miou", s["miou"], prog_bar=True, sync_dist=False)
+        self.log("val/pixel_acc", s["pixel_acc"], sync_dist=False)
+        for name, v in s["per_class_iou"].items():
             self.log(f"val/iou/{name}", v, sync_dist=False)
 
     # ------------------------------------------------------------- optimizers
     def total_iters(self) -> int:
         """T of the poly schedule: ``optim.total_iters`` or Lightning's estimate."""
-        t = self.config["optim"].get("total_iters")
+        t = self.optim.total_iters
         if t:
             return int(t)
         return int(self.trainer.estimated_stepping_batches)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.config["optim"]
+        o = self.optim
         backbone, head = head_parameters(self.model)
-        groups = [{"params": backbone, "lr": o["lr"]}]
+        groups = [{"params": backbone, "lr": o.lr}]
         if head:
-            groups.append({"params": head, "lr": o["lr"] * o["head_lr_mult"]})
-        if o["name"] == "sgd":
+            groups.append({"params": head, "lr": o.lr * o.head_lr_mult})
+        if o.name == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(
                 groups,
-                lr=o["lr"],
-                momentum=o["momentum"],
-                weight_decay=o["weight_decay"],
-                nesterov=bool(o["nesterov"]),
+                lr=o.lr,
+                momentum=o.momentum,
+                weight_decay=o.weight_decay,
+                nesterov=bool(o.nesterov),
             )
         else:
-            opt = torch.optim.AdamW(groups, lr=o["lr"], weight_decay=o["weight_decay"])
-        if o["schedule"] == "poly":
-            fn = _PolyLambda(self.total_iters(), o["power"])
+            opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+        if o.schedule == "poly":
+            fn = _PolyLambda(self.total_iters(), o.power)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, [fn] * len(groups))
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, [_PolyLambda(0, 1.0)] * len(groups))
@@ -313,7 +354,7 @@ class SegmentationModule(pl.LightningModule):
     # ------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rloss"] = {
-            "config": self.config,
+            **self.meta,
             "num_classes": self.num_classes,
             "class_names": self.class_names,
         }
@@ -323,42 +364,7 @@ class SegmentationModule(pl.LightningModule):
         if self._train_iters == 0:
             return {"sec_per_iter": math.nan, "images_per_sec": math.nan}
         spi = self._train_time / self._train_iters
-        bs = int(self.config["data"]["batch_size"]) * max(1, self.trainer.world_size)
-        return {"sec_per_iter": spi, "images_per_sec": bs / spi}
-
-
-class HistoryCallback(pl.Callback):
-    """Collects the epoch-level logged values and rewrites ``metrics.json`` every epoch.
-
-    Args:
-        path: the run's ``metrics.json`` (written atomically by the global-zero process).
-        history: list to append one dict per epoch to (shared with the caller).
-    """
-
-    def __init__(self, path: Any, history: list[dict[str, Any]]) -> None:
-        self.path = path
-        self.history = history
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from rloss.train.api import summary, write_json_atomic
-
-        entry: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        for key, value in trainer.callback_metrics.items():
-            if key.endswith("_step"):
-                continue
-            name = key[: -len("_epoch")] if key.endswith("_epoch") else key
-            entry[name] = float(value)
-        if isinstance(pl_module, SegmentationModule):
-            entry.update({f"train/{k}": v for k, v in pl_module.train_stats().items()})
-        self.history.append(entry)
-        if trainer.is_global_zero:
-            status = {"status": "running", **summary(trainer, pl_module), "history": self.history}
-            write_json_atomic(status, self.path)
-
-
-def _plain_dict(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain_dict(v) for v in obj]
-    return obj
+        return {
+            "sec_per_iter": spi,
+            "images_per_sec": self._train_images / max(self._train_time, 1e-9),
+        }
