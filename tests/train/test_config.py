@@ -171,3 +171,84 @@ def test_resolved_config_round_trips(tmp_path):
     path = write_yaml_atomic(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(path) == cfg
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_deeplabv2_vgg16_recipes_follow_the_resnet101_conventions():
+    names = {str(p.relative_to(REPO / "configs")) for p in RECIPES}
+    assert {
+        "voc_scribble/deeplabv2_vgg16_pce.yaml",
+        "voc_scribble/deeplabv2_vgg16_densecrf.yaml",
+        "voc_full/deeplabv2_vgg16.yaml",
+    } <= names
+    pce, crf, full = (
+        load_config(REPO / "configs" / name, check_paths=False)
+        for name in (
+            "voc_scribble/deeplabv2_vgg16_pce.yaml",
+            "voc_scribble/deeplabv2_vgg16_densecrf.yaml",
+            "voc_full/deeplabv2_vgg16.yaml",
+        )
+    )
+    resnet = load_config(
+        REPO / "configs/voc_scribble/deeplabv2_resnet101_pce.yaml", check_paths=False
+    )
+    for cfg in (pce, crf, full):
+        assert cfg["model"]["arch"] == "deeplabv2_vgg16"
+        assert cfg["model"]["encoder_weights"] == "imagenet"
+        assert cfg["data"] == {**resnet["data"], "supervision": cfg["data"]["supervision"]}
+        assert cfg["trainer"] == resnet["trainer"]
+        assert (cfg["optim"]["lr"], cfg["optim"]["head_lr_mult"]) == (1e-3, 10.0)
+    assert set(pce["loss"]) == {"pce"} and pce["data"]["supervision"] == "scribble"
+    assert crf["init_from"] == "runs/deeplabv2_vgg16_pce/model.pt"
+    assert crf["loss"]["densecrf"]["weight"] == 2e-9
+    assert full["data"]["supervision"] == "full" and set(full["loss"]) == {"pce"}
+
+
+def test_recipe_is_typed_and_round_trips():
+    from rloss.train.config import DataSpec, OptimSpec, Recipe, TrainerSpec
+
+    r = Recipe.from_mapping(SYN, check_paths=False)
+    assert isinstance(r.data, DataSpec) and isinstance(r.optim, OptimSpec)
+    assert r.to_mapping() == validate(SYN, check_paths=False)
+    assert Recipe.from_mapping(r.to_mapping()) == r
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.optim.lr = 1.0  # type: ignore[misc]
+    # DEFAULTS is derived from the specs
+    from rloss.train.config import DEFAULTS
+
+    assert DEFAULTS["optim"]["lr"] == OptimSpec().lr and DEFAULTS["data"]["crop_size"] == 513
+    kw = TrainerSpec(max_epochs=3, max_steps=7, accelerator="cpu").as_trainer_kwargs()
+    assert (kw["max_epochs"], kw["max_steps"], kw["accelerator"]) == (3, 7, "cpu")
+    assert kw["sync_batchnorm"] is False and "threads" not in kw
+    assert "checkpoint_every_n_steps" not in kw
+    import inspect
+
+    import lightning.pytorch as pl
+
+    assert set(kw) <= set(inspect.signature(pl.Trainer).parameters)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("data.batch_size=0", r"data\.batch_size: expected a positive int, got 0"),
+        ("data.batch_size=true", r"data\.batch_size: expected a positive int, got True"),
+        ("optim.lr=-1", r"optim\.lr: expected a non-negative number, got -1"),
+        ("trainer.max_steps=0", r"trainer\.max_steps: expected a positive int or -1"),
+        ("trainer.threads=0", r"trainer\.threads: expected 'auto' or a positive int"),
+        ("model.msc=[0]", r"model\.msc: expected null, true or a list of positive scales"),
+        ("eval.scales=[]", r"eval\.scales: expected a list of positive numbers"),
+        ("data.scale_range=[2,1]", r"data\.scale_range: expected \[low, high\]"),
+        ("data.synthetic.size=[0,4]", r"data\.synthetic\.size"),
+        (
+            "data.synthetic.sise=[4,4]",
+            r"'data\.synthetic\.sise'; did you mean 'data\.synthetic\.size'",
+        ),
+        ("model.arch=deeplabv2_vgg", r"model\.arch: unknown architecture .*deeplabv2_vgg16"),
+        ("loss.densecrf.sigma_xy=0", r"loss\.densecrf\.sigma_xy: expected a positive number"),
+    ],
+)
+def test_typed_field_checks_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(SYN, [override])

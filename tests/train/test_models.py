@@ -136,3 +136,103 @@ def test_head_parameters_split():
 
 def test_known_archs_include_ours():
     assert {"deeplabv3plus", "deeplab_largefov", "deeplabv2"} <= set(models.known_archs())
+
+
+def test_deeplabv2_vgg16_is_deeplab_aspp_on_vgg16():
+    from rloss.train.models import DeepLabV2VGG16
+
+    net = build_model({"arch": "deeplabv2_vgg16", "encoder_weights": None}, 21)
+    assert isinstance(net, DeepLabV2VGG16)
+    # DeepLab's VGG16: pool1-3 stride 2, pool4/pool5 stride 1, conv5 dilated by 2
+    pools = [m for m in net.backbone if isinstance(m, torch.nn.MaxPool2d)]
+    assert [p.stride for p in pools] == [2, 2, 2, 1, 1]
+    convs = [m for m in net.backbone if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13 and [c.dilation[0] for c in convs] == [1] * 10 + [2] * 3
+    # ASPP-L: four fc6 (3x3, 1024, dilation 6/12/18/24) -> fc7 (1x1) -> fc8 (1x1, K), summed
+    assert len(net.head) == 4
+    fc6 = [b[0] for b in net.head]
+    assert [c.dilation[0] for c in fc6] == [6, 12, 18, 24]
+    assert all(c.kernel_size == (3, 3) and c.out_channels == 1024 for c in fc6)
+    assert all(b[-1].out_channels == 21 for b in net.head)
+    net.eval()
+    with torch.no_grad():
+        assert net.backbone(torch.randn(1, 3, 64, 64)).shape == (1, 512, 8, 8)  # stride 8
+        x = torch.randn(2, 3, 37, 50)
+        out = net(x)
+        assert out.shape == (2, 21, 37, 50)
+        # the logits are the sum of the branches (upsampled)
+        feats = net.backbone(x)
+        summed = sum(b(feats) for b in net.head)
+        ref = torch.nn.functional.interpolate(summed, size=(37, 50), mode="bilinear")
+        torch.testing.assert_close(out, ref)
+    backbone, head = head_parameters(net)
+    assert len(head) == 4 * 6 and len(backbone) == 26
+
+
+def test_deeplabv2_vgg16_training_step_updates_head_and_backbone():
+    from rloss.losses import CompositeLoss, PartialCrossEntropy
+    from rloss.train.config import OptimSpec
+    from rloss.train.module import SegmentationModule
+
+    torch.manual_seed(0)
+    net = build_model({"arch": "deeplabv2_vgg16", "encoder_weights": None}, 3)
+    module = SegmentationModule(
+        net,
+        CompositeLoss({"pce": PartialCrossEntropy()}),
+        OptimSpec(lr=0.01, head_lr_mult=10.0, schedule="constant"),
+        class_names=["a", "b", "c"],
+    )
+    opt = torch.optim.SGD(
+        [
+            {"params": head_parameters(net)[0], "lr": 0.01},
+            {"params": head_parameters(net)[1], "lr": 0.1},
+        ]
+    )
+    image = torch.randn(2, 3, 24, 24)
+    scribble = torch.full((2, 24, 24), 255, dtype=torch.long)
+    scribble[:, 4:8, 4:8] = 1
+    scribble[:, 14:18, 10:20] = 2
+    batch = {
+        "image": image,
+        "image_raw": image * 50 + 120,
+        "scribble": scribble,
+        "roi": torch.ones(2, 24, 24),
+    }
+    module.log = lambda *a, **k: None  # outside a Trainer
+    module.optimizers = lambda use_pl_optimizer=False: opt  # type: ignore[assignment]
+    first = net.backbone[0].weight.detach().clone()
+    fc8 = net.head[0][-1].weight.detach().clone()
+    loss = module.training_step(batch, 0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    assert not torch.equal(net.backbone[0].weight, first)
+    assert not torch.equal(net.head[0][-1].weight, fc8)
+
+
+def test_register_model_adds_an_architecture(monkeypatch):
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, k):
+            super().__init__()
+            self.head = torch.nn.Conv2d(3, k, 1)
+
+        def forward(self, x):
+            return self.head(x)
+
+    @models.register_model("tiny_net")
+    def _build(spec, k):
+        return Tiny(k)
+
+    net = build_model({"arch": "Tiny_Net", "msc": [1.0, 0.5]}, 4)
+    assert isinstance(net, MSC) and isinstance(net.net, Tiny)
+    assert net.eval()(torch.randn(1, 3, 8, 8)).shape == (1, 4, 8, 8)
+    assert "tiny_net" in models.known_archs()
+    assert head_parameters(net)[1]  # a `head` attribute gets the head learning rate
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model("tiny_net", _build)
+    with pytest.raises(ValueError, match="name"):
+        models.register_model("bad name", _build)
+    with pytest.raises(ValueError, match=r"did you mean \['tiny_net'"):
+        build_model({"arch": "tiny_nett"}, 3)

@@ -214,10 +214,19 @@ def test_pad_collate_pads_labels_with_ignore_and_roi_with_zero():
             "name": f"{h}x{w}",
         }
 
+    from rloss.constants import IMAGENET_MEAN_255
+    from rloss.data import transforms
+    from rloss.data.transforms import normalize_image
+
+    assert pad_collate is transforms.pad_collate  # one collate for the sample contract
     batch = pad_collate([sample(4, 6), sample(5, 3)])
     assert batch["image"].shape == (2, 3, 5, 6) and batch["name"] == ["4x6", "5x3"]
     assert batch["mask"][0, 4].tolist() == [255] * 6 and batch["roi"][1, :, 3:].sum() == 0
     assert batch["image"][1, :, :, 3:].abs().sum() == 0
+    # the raw image is padded with the mean colour, so image == normalize(image_raw) there too
+    pad = batch["image_raw"][1, :, :, 3:]
+    assert torch.equal(pad, torch.tensor(IMAGENET_MEAN_255).view(3, 1, 1).expand_as(pad))
+    torch.testing.assert_close(normalize_image(pad), batch["image"][1, :, :, 3:])
 
 
 def test_threads_follow_processes(tmp_path):

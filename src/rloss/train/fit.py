@@ -135,8 +135,10 @@ class _DropNoise(logging.Filter):
 def quiet_lightning() -> Iterator[None]:
     """Drop the framework's advertising and deprecation noise while this block runs.
 
-    Filters Lightning's litlogger/litmodels tips (log records) and the ``LeafSpec`` /
-    ``_pytree`` deprecation ``FutureWarning`` that Lightning's own code triggers; other
+    Filters Lightning's litlogger/litmodels tips (log records), the ``LeafSpec`` /
+    ``_pytree`` deprecation ``FutureWarning`` that Lightning's own code triggers and its
+    "checkpoint directory is not empty" warning on resume (:func:`train` refuses a used
+    run folder unless resuming); other
     warnings and log records pass, and the filters are removed on exit (the user's
     process keeps its own warning settings).
     """
@@ -148,6 +150,8 @@ def quiet_lightning() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
             warnings.filterwarnings("ignore", message=r".*_pytree", category=FutureWarning)
+            # our run folder is refused unless resuming, where a non-empty one is expected
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
             yield
     finally:
         for lg in loggers:

@@ -607,8 +607,8 @@ def build_model(spec: Mapping[str, Any], num_classes: int | None = None) -> nn.M
             architecture or one of :data:`OWN_ARCHS`), ``encoder`` (smp encoder name;
             ignored by the architectures of this module), ``encoder_weights``
             (``"imagenet"``, ``None`` or a local file path), optional ``num_classes``,
-            ``output_stride`` (smp DeepLab architectures), ``msc`` (``None`` or a list of scales) and ``kwargs``
-            (extra keyword arguments for the smp constructor).
+            ``output_stride`` (smp DeepLab architectures), ``msc`` (``None`` or a list
+            of scales) and ``kwargs`` (extra keyword arguments for the smp constructor).
         num_classes: K; overrides ``spec["num_classes"]`` when given.
 
     Returns:
