@@ -219,3 +219,15 @@ def test_framework_noise_is_filtered_in_our_output_only(tmp_path, capfd):
         assert not logging.getLogger(name).filters
     with quiet_lightning(), pytest.warns(UserWarning, match="kept"):
         warnings.warn("kept", UserWarning, stacklevel=1)  # other warnings still pass
+
+
+def test_old_module_signature_still_works_with_a_deprecation_warning():
+    from rloss.train.module import SegmentationModule
+
+    cfg = tiny()
+    with pytest.warns(DeprecationWarning, match="from_recipe"):
+        old = SegmentationModule(cfg, 3, ["a", "b", "c"])
+    new = SegmentationModule.from_recipe(cfg, ["a", "b", "c"])
+    assert old.optim == new.optim and old.target_key == new.target_key == "scribble"
+    assert old.config == new.config and old.class_names == ["a", "b", "c"]
+    assert set(old.model.state_dict()) == set(new.model.state_dict())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -169,15 +170,36 @@ class SegmentationModule(pl.LightningModule):
         self,
         model: nn.Module,
         criterion: nn.Module,
-        optim: OptimSpec | Mapping[str, Any],
+        optim: OptimSpec | Mapping[str, Any] | None = None,
         *,
-        class_names: Sequence[str],
+        class_names: Sequence[str] | None = None,
         target_key: str = "scribble",
         size_margin: float | None = None,
         threads: int | str = "auto",
         meta: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(model, Mapping):
+            # the signature before the split: SegmentationModule(config, num_classes, names)
+            warnings.warn(
+                "SegmentationModule(config, num_classes, class_names) is deprecated; use "
+                "SegmentationModule.from_recipe(config, class_names)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            names = optim if optim is not None else class_names
+            k = int(criterion)  # type: ignore[call-overload]
+            names = list(names) if names else [f"class_{i}" for i in range(k)]  # type: ignore[arg-type]
+            if len(names) != k:
+                raise ValueError(f"class_names: expected {k} names, got {len(names)}")
+            r = Recipe.from_mapping(model, check_paths=False)
+            model = build_model(r.model.as_mapping(), k)
+            criterion, optim, class_names = build_criterion(r.loss), r.optim, names
+            target_key = r.data.target_key
+            size_margin = r.loss.get("size", {}).get("margin")
+            threads, meta = r.trainer.threads, {"config": r.to_mapping()}
+        if optim is None:
+            raise ValueError("optim: expected an OptimSpec or its mapping, got None")
         if target_key not in ("scribble", "mask"):
             raise ValueError(f"target_key: expected 'scribble' or 'mask', got {target_key!r}")
         if not class_names:
