@@ -231,3 +231,14 @@ def test_old_module_signature_still_works_with_a_deprecation_warning():
     assert old.optim == new.optim and old.target_key == new.target_key == "scribble"
     assert old.config == new.config and old.class_names == ["a", "b", "c"]
     assert set(old.model.state_dict()) == set(new.model.state_dict())
+
+
+def test_eval_takes_a_run_folder(one_epoch, tmp_path):
+    from rloss.train.evaluation import evaluate
+
+    by_folder = evaluate(one_epoch, progress=False, device="cpu")
+    by_file = evaluate(one_epoch / "model.pt", progress=False, device="cpu")
+    assert by_folder["checkpoint"] == str(one_epoch / "model.pt")
+    assert by_folder["miou"] == by_file["miou"]
+    with pytest.raises(FileNotFoundError, match=r"holds neither model\.pt"):
+        evaluate(tmp_path, progress=False)

@@ -20,6 +20,7 @@ from rloss.train.config import deep_merge
 from rloss.train.datamodule import build_dataset, dataset_classes
 from rloss.train.inference import crf_refine, default_device, predict_probs
 from rloss.train.metrics import ConfusionMatrix, summarize
+from rloss.train.run_dir import resolve_checkpoint
 
 __all__ = ["evaluate", "format_iou_table"]
 
@@ -39,7 +40,8 @@ def evaluate(
     """mIoU and per-class IoU on full-resolution validation images.
 
     Args:
-        checkpoint: a checkpoint path (``*.ckpt`` or ``model.pt``) or a network.
+        checkpoint: a checkpoint path (``*.ckpt`` or ``model.pt``), a run folder (its
+            ``model.pt``, else ``last.ckpt``) or a network.
         data: ``None`` (the recipe's val split), a mapping overriding keys of the
             recipe's ``data`` section (e.g. ``{"kind": "folder", "root": "..."}``), or a
             dataset yielding contract samples (full-resolution ``image``,
@@ -62,8 +64,9 @@ def evaluate(
         model, cfg = checkpoint, dict(config or {})
         ckpt_name = None
     else:
-        model, cfg = load_model(checkpoint)
-        ckpt_name = str(checkpoint)
+        path = resolve_checkpoint(checkpoint)
+        model, cfg = load_model(path)
+        ckpt_name = str(path)
         if config is not None:
             cfg = deep_merge(cfg, config)
     dev = default_device(device)

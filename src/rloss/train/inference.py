@@ -18,6 +18,7 @@ from rloss.crf import dense_crf
 from rloss.data.io import IMAGE_EXTENSIONS, atomic_path
 from rloss.data.transforms import normalize_image as _normalize
 from rloss.train.checkpoint import load_model
+from rloss.train.run_dir import resolve_checkpoint
 
 __all__ = ["crf_refine", "default_device", "normalize_image", "predict", "predict_probs"]
 
@@ -153,7 +154,7 @@ def predict(
     :data:`rloss.data.io.IMAGE_EXTENSIONS`.
 
     Args:
-        checkpoint: checkpoint path or a network (see :func:`load_model`).
+        checkpoint: checkpoint path, run folder or a network (see :func:`load_model`).
         inputs: image files and/or folders (their images, sorted by name).
         out_dir: output folder (created).
         scales, flip, crf, device: as in :func:`rloss.train.evaluation.evaluate`.
@@ -166,7 +167,10 @@ def predict(
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha: expected a value in [0, 1], got {alpha}")
-    model = checkpoint if isinstance(checkpoint, nn.Module) else load_model(checkpoint)[0]
+    if isinstance(checkpoint, nn.Module):
+        model = checkpoint
+    else:
+        model = load_model(resolve_checkpoint(checkpoint))[0]
     dev = default_device(device)
     model = model.to(dev).eval()
     files = _expand_inputs(inputs)

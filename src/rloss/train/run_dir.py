@@ -38,7 +38,7 @@ import yaml
 from rloss.train.checkpoint import MODEL_FILE, write_json_atomic
 from rloss.train.config import write_yaml_atomic
 
-__all__ = ["STATUSES", "RunDir"]
+__all__ = ["STATUSES", "RunDir", "resolve_checkpoint"]
 
 #: Values of ``metrics.json["status"]``.
 STATUSES: tuple[str, ...] = ("running", "done", "interrupted")
@@ -81,6 +81,19 @@ class RunDir:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    def weights(self) -> Path:
+        """The file that holds the run's network: ``model.pt``, else ``last.ckpt``.
+
+        Raises:
+            FileNotFoundError: neither exists (names the folder).
+        """
+        for path in (self.model_file, self.last_ckpt):
+            if path.is_file():
+                return path
+        raise FileNotFoundError(
+            f"run folder {str(self.root)!r} holds neither {MODEL_FILE} nor checkpoints/last.ckpt"
+        )
 
     def best_ckpts(self) -> list[Path]:
         """The ``best-*.ckpt`` files, sorted by name."""
@@ -150,3 +163,10 @@ class RunDir:
         """Write ``config.yaml`` atomically."""
         self.root.mkdir(parents=True, exist_ok=True)
         return write_yaml_atomic(config, self.config_yaml)
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """``checkpoint`` itself, or for a run folder the file with its weights
+    (:meth:`RunDir.weights`)."""
+    path = Path(checkpoint).expanduser()
+    return RunDir(path).weights() if path.is_dir() else path
