@@ -186,6 +186,7 @@ def test_cli_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------ checkpoints
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # the run folder is a copy
 def test_a_failed_checkpoint_write_leaves_last_ckpt_intact(one_epoch, tmp_path, monkeypatch):
     import shutil
 
