@@ -22,8 +22,13 @@ Suites:
   (``torch.autograd.grad``). Until 2026-11-25 14:40 the timed region also
   computed the softmax (about 24 ms at N=12) and accumulated the gradient
   into ``probs.grad``; RESULTS.md entries say which definition they used.
-* ``step``: one SGD step of a tiny DeepLabV3+ (mobilenet_v2, random weights) with
-  and without the DenseCRF term; the ratio is the regularizer's overhead.
+* ``step``: one SGD step of a DeepLabV3+ (mobilenet_v2, random weights; batch
+  ``--step-batch``, crops ``--step-size``, default 2 x 256² on CPU) with and without the
+  DenseCRF term; the ratio is the regularizer's overhead.
+
+``--device cuda`` runs the suites on the GPU (torch backend only; every timed run ends
+with ``torch.cuda.synchronize()`` and the peak is ``torch.cuda.max_memory_allocated``);
+``benchmarks/gpu_check.sh`` is the one-shot GPU check built on it.
 * ``growth``: time vs pixels (64² .. 1024², K=21) and vs K (2 .. 60, 256²), table
   and PNG plot in ``benchmarks/out/``.
 
@@ -141,10 +146,11 @@ def _workload(spec: dict):
     from rloss.lattice import Lattice, bilateral_features
 
     suite, backend = spec["suite"], spec["backend"]
+    dev = torch.device(spec.get("device", "cpu"))
     if suite in ("filter", "growth"):
         n, k, h, w = spec["shape"]
-        image = synthetic_images(n, h, w)
-        values = _probs(n, k, h, w)
+        image = synthetic_images(n, h, w).to(dev)
+        values = _probs(n, k, h, w).to(dev)
 
         def run():
             lat = Lattice(bilateral_features(image, SIGMA_RGB, SIGMA_XY), backend=backend)
@@ -155,10 +161,10 @@ def _workload(spec: dict):
         from rloss.losses import DenseCRFLoss
 
         n, k, h, w = spec["shape"]
-        image = synthetic_images(n, h, w)
+        image = synthetic_images(n, h, w).to(dev)
         loss_fn = DenseCRFLoss(weight=2e-9, sigma_rgb=SIGMA_RGB, sigma_xy=SIGMA_XY, backend=backend)
         logits = torch.randn(n, k, h, w, generator=torch.Generator().manual_seed(2))
-        softmax = logits.softmax(1)
+        softmax = logits.softmax(1).to(dev)
 
         def run():
             probs = softmax.detach().requires_grad_(True)
@@ -175,14 +181,15 @@ def _workload(spec: dict):
         torch.manual_seed(0)
         model = smp.DeepLabV3Plus(
             encoder_name="mobilenet_v2", encoder_weights=None, classes=STEP_CLASSES
-        )
+        ).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         g = torch.Generator().manual_seed(3)
-        n, s = STEP_BATCH, STEP_SIZE
+        n, s = spec.get("step_batch", STEP_BATCH), spec.get("step_size", STEP_SIZE)
         image = synthetic_images(n, s, s)
-        x = (image / 255.0 - 0.45) / 0.225
+        x = ((image / 255.0 - 0.45) / 0.225).to(dev)
         labels = torch.randint(0, STEP_CLASSES, (n, s, s), generator=g)
         labels[torch.rand(n, s, s, generator=g) > 0.03] = 255
+        image, labels = image.to(dev), labels.to(dev)
         crf = (
             DenseCRFLoss(
                 weight=2e-9, sigma_rgb=15.0, sigma_xy=100.0, scale_factor=0.5, backend=backend
@@ -210,7 +217,15 @@ def child_main(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
-    run = _workload(spec)
+    cuda = spec.get("device", "cpu") == "cuda"
+    work = _workload(spec)
+
+    def run():
+        out = work()
+        if cuda:
+            torch.cuda.synchronize()
+        return out
+
     t0 = time.perf_counter()
     run()  # warm-up
     first = time.perf_counter() - t0
@@ -225,6 +240,9 @@ def child_main(spec: dict) -> dict:
         _pool.clear()
     base = _rss_kib("VmRSS")
     exact_peak = _reset_peak() and base is not None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        cuda_base = torch.cuda.memory_allocated()
     maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times, cpu = [], []
     for _ in range(spec["repeats"]):
@@ -234,7 +252,10 @@ def child_main(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         del out
-    if exact_peak:
+    if cuda:
+        peak_kib = (torch.cuda.max_memory_allocated() - cuda_base) / 1024
+        method = "cuda max_memory_allocated"
+    elif exact_peak:
         peak_kib = (_rss_kib("VmHWM") or 0) - base
         method = "VmHWM"
     else:
@@ -266,7 +287,8 @@ def _run_child(spec: dict, timeout: float) -> dict:
 
 def _fmt_case(spec: dict) -> str:
     if spec["suite"] == "step":
-        return f"train step B={STEP_BATCH} {STEP_SIZE}² " + (
+        b, s = spec.get("step_batch", STEP_BATCH), spec.get("step_size", STEP_SIZE)
+        return f"train step B={b} {s}² " + (
             "+DenseCRF" if spec["with_crf"] else "pCE only"
         )
     n, k, h, w = spec["shape"]
@@ -303,6 +325,15 @@ def _table(rows: list[tuple[dict, dict]]) -> str:
             f"{res['peak_mib']:.0f} | {med / best[key]:.2f} |"
         )
     return "\n".join(lines)
+
+
+def _gpu() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    p = torch.cuda.get_device_properties(0)
+    return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
 
 
 def _machine() -> str:
@@ -381,14 +412,28 @@ def _specs(args) -> list[dict]:
     rep = args.repeats
     for suite in args.suites:
         for backend in args.backends:
-            base = {"suite": suite, "backend": backend, "repeats": rep, "threads": args.threads}
+            base = {
+                "suite": suite,
+                "backend": backend,
+                "repeats": rep,
+                "threads": args.threads,
+                "device": args.device,
+            }
             if suite == "filter":
                 cases = FILTER_CASES[:2] + FILTER_CASES[3:4] if args.quick else FILTER_CASES
                 specs += [{**base, "shape": list(c)} for c in cases]
             elif suite == "crf":
                 specs += [{**base, "shape": list(c)} for c in CRF_CASES]
             elif suite == "step":
-                specs += [{**base, "with_crf": flag} for flag in (False, True)]
+                specs += [
+                    {
+                        **base,
+                        "with_crf": flag,
+                        "step_batch": args.step_batch,
+                        "step_size": args.step_size,
+                    }
+                    for flag in (False, True)
+                ]
             elif suite == "growth":
                 sides = GROWTH_SIDES[:4] if args.quick else GROWTH_SIDES
                 specs += [{**base, "axis": "pixels", "shape": [1, GROWTH_K, s, s]} for s in sides]
@@ -421,7 +466,22 @@ def main(argv: list[str] | None = None) -> int:
         default=["filter", "crf", "step", "growth"],
         choices=["filter", "crf", "step", "growth"],
     )
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        choices=list(BACKENDS),
+        help="lattice backends (default: torch and numba on cpu, torch on cuda)",
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the workloads run"
+    )
+    parser.add_argument(
+        "--step-batch", type=int, default=STEP_BATCH, help="batch of the training-step suite"
+    )
+    parser.add_argument(
+        "--step-size", type=int, default=STEP_SIZE, help="crop side of the training-step suite"
+    )
     parser.add_argument(
         "--cases", nargs="+", help="keep only cases whose label contains one of these strings"
     )
@@ -441,6 +501,20 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = min(args.repeats, 2)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.step_batch < 2 or args.step_size < 32:
+        parser.error(  # batch norm in training mode needs two samples
+            f"--step-batch must be >= 2 and --step-size >= 32, got {args.step_batch}, "
+            f"{args.step_size}"
+        )
+    if args.backends is None:
+        args.backends = ["torch"] if args.device == "cuda" else list(BACKENDS)
+    if args.device == "cuda":
+        if "numba" in args.backends:
+            parser.error("--device cuda: the numba backend is CPU-only; use --backends torch")
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device on this machine")
 
     specs = _specs(args)
     rows: list[tuple[dict, dict]] = []
@@ -489,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     header = (
         f"## {date}\n\n- machine: {_machine()}\n- command: `{cmd.strip()}`\n- commit: {_commit()}\n"
-        f"- torch threads: {args.threads or 'default'}; "
+        + (f"- device: cuda, {_gpu()}\n" if args.device == "cuda" else "")
+        + f"- torch threads: {args.threads or 'default'}; "
         f"memory method: {', '.join(sorted(mem)) or '-'}; "
         f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset')}\n"
     )
