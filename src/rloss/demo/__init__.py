@@ -3,7 +3,7 @@
 The demo generates the built-in dataset (:func:`rloss.data.synthetic.generate_synthetic`:
 textured shapes whose boundaries follow colour edges, with sparse scribbles) and trains
 the same network with the same schedule three (or four) ways through
-:func:`rloss.train.api.train`:
+:func:`rloss.train.fit.train`:
 
 (a) ``pce``: partial cross-entropy on the scribbles;
 (b) ``densecrf``: pCE + the DenseCRF loss (the paper's two-phase recipe: phase 2
@@ -23,7 +23,7 @@ loss and val mIoU per epoch), and ``gradient.png`` (the DenseCRF loss gradient o
 pCE model's prediction for one val image, see :func:`rloss.viz.densecrf_gradient_maps`).
 
 Layout of ``OUT``: ``data/`` (the generated dataset), ``runs/<method>/`` (run folders of
-:func:`~rloss.train.api.train`), ``report/``, ``demo.json`` (the settings). A finished
+:func:`~rloss.train.fit.train`), ``report/``, ``demo.json`` (the settings). A finished
 run is reused and an interrupted one resumes from its last checkpoint, so re-running
 the same command continues where it stopped; a folder holding a demo with other
 settings is refused unless ``--overwrite``.

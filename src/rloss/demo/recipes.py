@@ -3,7 +3,7 @@
 Every method shares the network, data, batch size, augmentation and schedule; they differ
 only in supervision (scribbles or full masks) and loss terms. The recipes are plain
 mappings in the format of :func:`rloss.train.config.validate`, trained by
-:func:`rloss.train.api.train`.
+:func:`rloss.train.fit.train`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rloss.train.api import MODEL_FILE
+from rloss.train.run_dir import RunDir
 
 __all__ = ["demo_recipes"]
 
@@ -30,7 +30,7 @@ def demo_recipes(
     ncut: bool = False,
     device: str = "auto",
 ) -> dict[str, dict[str, Any]]:
-    """Training recipes (for :func:`rloss.train.api.train`) of every demo method.
+    """Training recipes (for :func:`rloss.train.fit.train`) of every demo method.
 
     All methods share the network, data, batch size, augmentation and schedule: phase 1
     trains ``epochs`` epochs from scratch (``pce_phase1`` on scribbles, ``full_phase1`` on
@@ -83,7 +83,7 @@ def demo_recipes(
     def phase2(phase1: str, supervision: str, extra: Mapping[str, Any]) -> dict[str, Any]:
         r = copy.deepcopy(base)
         r["data"]["supervision"] = supervision
-        r["init_from"] = str(runs_dir / phase1 / MODEL_FILE)
+        r["init_from"] = str(RunDir(runs_dir / phase1).model_file)
         r["trainer"]["max_epochs"] = int(settings["finetune_epochs"])
         r["optim"]["lr"] = float(settings["finetune_lr"])
         r["loss"].update(copy.deepcopy(dict(extra)))

@@ -1,6 +1,6 @@
 """The demo's report: the results table, cross-seed aggregation and the figures.
 
-Predictions go through the library's own inference (:func:`rloss.train.api.predict_probs`)
+Predictions go through the library's own inference (:func:`rloss.train.inference.predict_probs`)
 and the validation images through its dataset (:class:`rloss.data.folder.SegmentationFolder`),
 so the report measures exactly what ``rloss eval`` and training validation measure.
 """
@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rloss.constants import IGNORE_INDEX
 from rloss.data.folder import SegmentationFolder
 from rloss.data.synthetic import SYNTHETIC_CLASSES
-from rloss.train.api import MODEL_FILE, load_model, normalize_image, predict_probs
+from rloss.train.checkpoint import load_model
+from rloss.train.inference import normalize_image, predict_probs
+from rloss.train.run_dir import RunDir
 from rloss.viz import (
     densecrf_gradient_maps,
     plot_curves,
@@ -34,7 +35,6 @@ __all__ = [
     "finite_or_none",
     "format_table",
     "gap_closed",
-    "object_iou",
     "predict",
     "val_items",
     "write_figures",
@@ -76,28 +76,6 @@ def predict(model: nn.Module, image_u8: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(image_u8)).permute(2, 0, 1).float().unsqueeze(0)
     dev = next(model.parameters()).device
     return predict_probs(model, normalize_image(x.to(dev)))[0].cpu()
-
-
-def object_iou(predictions: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float | None:
-    """Class-agnostic IoU of "object" (any class but background 0), pooled over images.
-
-    Separates boundary quality from shape classification: a pixel counts as correct when
-    both the prediction and the truth call it object (whatever the class) or background.
-    Pixels whose mask is :data:`~rloss.constants.IGNORE_INDEX` are left out.
-
-    Example:
-        >>> m = np.array([[0, 1], [2, 255]], dtype=np.uint8)
-        >>> object_iou([np.array([[0, 2], [0, 1]])], [m])
-        0.5
-    """
-    inter = union = 0
-    for pred, mask in zip(predictions, masks, strict=True):
-        valid = mask != IGNORE_INDEX
-        truth = (mask != 0) & valid
-        obj = (np.asarray(pred) != 0) & valid
-        inter += int(np.count_nonzero(obj & truth))
-        union += int(np.count_nonzero(obj | truth))
-    return inter / union if union else None
 
 
 def _history_series(history: Sequence[Mapping[str, Any]], key: str) -> list[float]:
@@ -148,7 +126,7 @@ def write_figures(
 ) -> dict[str, Path]:
     """``predictions.png``, ``curves.png`` and ``gradient.png`` in ``report``; their paths."""
     items = val_items(data_root, int(settings["figure_images"]))
-    models = {m: load_model(runs_dir / m / MODEL_FILE)[0] for m in methods}
+    models = {m: load_model(RunDir(runs_dir / m).model_file)[0] for m in methods}
     probs = {m: [predict(models[m], it["image"]) for it in items] for m in methods}
     rows = []
     for i, it in enumerate(items):

@@ -2,7 +2,7 @@
 resuming interrupted ones), then write the report.
 
 Layout of ``OUT``: ``data/`` (the generated dataset), ``runs/<method>/`` (run folders of
-:func:`rloss.train.api.train`), ``report/``, ``demo.json`` (the settings that determine the
+:func:`rloss.train.fit.train`), ``report/``, ``demo.json`` (the settings that determine the
 results). Re-running the same command continues where it stopped; a folder holding a demo
 with other settings is refused unless ``overwrite``.
 """
@@ -27,36 +27,26 @@ from rloss.demo.report import (
     finite_or_none,
     format_table,
     gap_closed,
-    object_iou,
     predict,
     val_items,
     write_figures,
 )
 from rloss.demo.settings import METHODS, RUNS, demo_settings
-from rloss.train.api import MODEL_FILE, load_model, train, write_json_atomic
+from rloss.train.checkpoint import load_model, write_json_atomic
+from rloss.train.fit import train
+from rloss.train.metrics import object_iou
+from rloss.train.run_dir import RunDir
 
 __all__ = ["labelled_fraction", "run_demo"]
 
 STAMP_FILE = "demo.json"
 
 
-def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
-    # MERGE: replaced by rloss.train.run_dir.RunDir once it lands
-    path = run_dir / "metrics.json"
-    if not (run_dir / MODEL_FILE).is_file() or not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if data.get("status") == "done" else None
-
-
 def _train_or_reuse(recipe: Mapping[str, Any], run_dir: Path, progress: bool) -> dict[str, Any]:
     """Train (resuming an interrupted run) unless ``run_dir`` holds a finished run."""
-    done = _finished_metrics(run_dir)
-    if done is not None:
-        return done
+    run = RunDir(run_dir)
+    if run.is_done():
+        return run.read_metrics()
     result = train(recipe, run_dir=run_dir, progress=progress, resume=True)
     return {**result.metrics, "history": result.history}
 
@@ -173,7 +163,7 @@ def run_demo(
     rows = []
     for m in order:
         r = results[m]
-        model = load_model(runs_dir / m / MODEL_FILE)[0]
+        model = load_model(RunDir(runs_dir / m).model_file)[0]
         preds = [predict(model, it["image"]).argmax(0).numpy() for it in items]
         rows.append(
             {
@@ -185,7 +175,7 @@ def run_demo(
                 "per_class_iou": r.get("per_class_iou", {}),
                 "sec_per_iter": finite_or_none(r.get("sec_per_iter")),
                 "epochs": settings["epochs"] + settings["finetune_epochs"],
-                "object_iou": object_iou(preds, [it["mask"] for it in items]),
+                "object_iou": object_iou(zip(preds, [it["mask"] for it in items])),
             }
         )
     by = {r["method"]: r["miou"] for r in rows}
