@@ -309,8 +309,6 @@ def check_output_file(
             has a wrong suffix, or its folder cannot be created or written.
     """
     shown = f"{what} {path}"
-    if suffixes is not None and Path(path).suffix.lower() not in suffixes:
-        raise UnsafeOutputError(f"{shown}: want a file name ending in {' or '.join(suffixes)}")
     target = resolve_path(path)
     for inp, name in _resolved_inputs(inputs):
         if target == inp:
@@ -318,6 +316,8 @@ def check_output_file(
                 f"{shown}: is the input {name}; refusing to overwrite an input (choose another "
                 "output name)"
             )
+    if suffixes is not None and Path(path).suffix.lower() not in suffixes:
+        raise UnsafeOutputError(f"{shown}: want a file name ending in {' or '.join(suffixes)}")
     if target.is_dir():
         raise UnsafeOutputError(f"{shown}: is a folder; want a file name")
     _check_location(target, shown)

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from rloss.cli import main as cli_main
 from rloss.data import SegmentationFolder, SyntheticScenes, VOCScribble, generate_synthetic
+from rloss.data.demo_scenes import SYNTHETIC_CLASSES
 from rloss.data.io import DataError, read_image, read_label, write_image, write_label
-from rloss.data.synthetic import SYNTHETIC_CLASSES
 from rloss.data.transforms import SAMPLE_KEYS, TrainTransform
 from rloss.data.voc import check_voc_tree, write_id_lists
 

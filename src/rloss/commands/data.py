@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: _help(data))
 
-    voc = add_command(data_sub, 
+    voc = add_command(data_sub,
         "voc",
         help="check (or download) PASCAL VOC 2012 + SBD masks + scribbles in the rloss layout",
         description="Check an rloss-layout PASCAL VOC 2012 tree and report exactly what is "
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     voc.add_argument("--no-progress", action="store_true", help="hide progress bars")
     voc.set_defaults(func=_cmd_voc)
 
-    syn = add_command(data_sub, 
+    syn = add_command(data_sub,
         "synthetic", help="generate the built-in demo dataset (no download)",
         description="Write the generated demo dataset (textured shapes, exact masks, "
         "synthesised scribbles) in the folder layout; same arguments, same files.")
@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scr_sub = scr.add_subparsers(dest="scribbles_command", metavar="SUBCOMMAND")
     scr.set_defaults(func=lambda args: _help(scr))
 
-    conv = add_command(scr_sub, 
+    conv = add_command(scr_sub,
         "convert",
         help="ScribbleSup XML / text polylines -> label PNGs (255 = unlabelled)",
         description="Rasterise ScribbleSup XML (or 'label,x1,y1,x2,y2,...' text) scribbles "
@@ -105,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     conv.set_defaults(func=_cmd_convert)
 
-    syn2 = add_command(scr_sub, 
+    syn2 = add_command(scr_sub,
         "synth",
         help="synthesise scribbles (or clicks) from full masks",
         description="For every mask PNG, draw a stroke along the skeleton of each region, "

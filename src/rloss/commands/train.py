@@ -178,7 +178,7 @@ def _sigint_seen() -> Iterator[list[bool]]:
         return
     previous = signal.getsignal(signal.SIGINT)
 
-    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+    def handler(signum, frame):
         seen[0] = True
         if callable(previous):
             previous(signum, frame)

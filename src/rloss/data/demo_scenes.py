@@ -11,8 +11,8 @@ regulariser buys when training from scribbles:
   must learn shape; the background also has internal colour edges that are not class edges.
 * **Thin parts.** Crosses have thin arms and rectangles can be thin bars.
 * **Sparse scribbles away from boundaries** (~3% of the pixels by default), synthesised by
-  :func:`rloss.data.scribble_synthesis.synthesize_scribbles`, so partial cross-entropy alone gets the
-  boundaries wrong.
+  :func:`rloss.data.scribble_synthesis.synthesize_scribbles`, so partial cross-entropy
+  alone gets the boundaries wrong.
 
 Everything is deterministic given ``seed`` (scene ``i`` of a split has its own random
 stream), and nothing is downloaded. :class:`SyntheticScenes` renders on the fly;

@@ -1,4 +1,5 @@
-"""Deprecated alias of :mod:`rloss.data.scribble_synthesis` (scribbles and clicks synthesised from full masks).
+"""Deprecated alias of :mod:`rloss.data.scribble_synthesis` (scribbles and clicks
+synthesised from full masks).
 
 ``import rloss.data.synth`` gives the module :mod:`rloss.data.scribble_synthesis` itself (same
 objects, so patching either name patches both) and warns once.
