@@ -560,3 +560,24 @@ def test_predict_checks_its_inputs_up_front(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "nope.png"), "--out",
                  str(tmp_path / "out")]) == 2
     assert "nope.png: file or folder not found" in error_line(capsys)
+
+
+def test_convert_file_never_replaces_its_inputs(tmp_path):
+    from rloss.data.scribbles import convert_file
+
+    image = tmp_path / "a.png"
+    write_image(image, np.zeros((8, 8, 3), np.uint8))
+    src = tmp_path / "a.txt"
+    src.write_text("0,1,1,5,5\n")
+    before = digest(image)
+    res = convert_file(src, image, image=image, overwrite=True)
+    assert res.status == "failed" and "refusing to overwrite an input" in res.message
+    assert digest(image) == before
+
+
+def test_segment_crf_weight_must_be_non_negative(tmp_path, photo, capsys):
+    image, scr = photo
+    with pytest.raises(SystemExit):
+        main(["segment", str(image), "--scribbles", str(scr), "--out", str(tmp_path / "m.png"),
+              "--crf-weight", "-1"])
+    assert "--crf-weight: want a number >= 0" in capsys.readouterr().err

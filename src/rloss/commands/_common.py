@@ -23,6 +23,7 @@ __all__ = [
     "check_output_file",
     "fraction",
     "is_user_error",
+    "non_negative_float",
     "non_negative_int",
     "one_line",
     "positive_float",
@@ -141,6 +142,11 @@ def non_negative_int(text: str) -> int:
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     return _number(text, float, "a positive number", lambda v: 0 < v < float("inf"))
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number(text, float, "a number >= 0", lambda v: 0 <= v < float("inf"))
 
 
 def fraction(text: str) -> float:

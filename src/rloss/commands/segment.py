@@ -16,6 +16,7 @@ from rloss.commands._common import (
     add_command,
     check_device,
     check_output_file,
+    non_negative_float,
     positive_float,
     positive_int,
     user_errors,
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="optimisation steps")
     p.add_argument("--method", choices=_METHODS, default=DEFAULTS["method"],
                    help="small network fitted to the image, or free per-pixel scores")
-    p.add_argument("--crf-weight", type=float, default=DEFAULTS["crf_weight"],
+    p.add_argument("--crf-weight", type=non_negative_float, default=DEFAULTS["crf_weight"],
                    help="weight of the DenseCRF loss")
     p.add_argument("--sigma-rgb", type=positive_float, default=DEFAULTS["sigma_rgb"],
                    help="colour bandwidth (0..255 units)")

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rloss._io import InputTooLargeError, check_image_size, check_output_dir
+from rloss._io import InputTooLargeError, check_image_size, check_output_dir, resolve_path
 from rloss.constants import IGNORE_INDEX, VOC_CLASSES
 from rloss.data.io import (
     IMAGE_EXTENSIONS,
@@ -573,7 +573,8 @@ def convert_file(
         images_dir: folder searched for the image when ``image`` is ``None``.
         tag_policy: one of :data:`TAG_POLICIES`.
         size_mismatch: one of :data:`SIZE_MISMATCH_POLICIES` (``"warn"`` uses the image size).
-        overwrite: rewrite an existing ``output`` (otherwise it is skipped).
+        overwrite: rewrite an existing ``output`` (otherwise it is skipped); an output that is
+            the scribble file or the image fails, whatever ``overwrite``.
         width: brush width in pixels.
 
     Returns:
@@ -587,6 +588,10 @@ def convert_file(
         )
     source, output = Path(source), Path(output)
     result = ConvertResult(source=str(source), output=str(output), status="failed")
+    for inp in (source, image):
+        if inp is not None and resolve_path(output) == resolve_path(inp):
+            result.message = f"{output}: is the input {inp}; refusing to overwrite an input"
+            return result
     if output.exists() and not overwrite:
         result.status = "skipped"
         try:
