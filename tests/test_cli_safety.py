@@ -581,3 +581,36 @@ def test_segment_crf_weight_must_be_non_negative(tmp_path, photo, capsys):
         main(["segment", str(image), "--scribbles", str(scr), "--out", str(tmp_path / "m.png"),
               "--crf-weight", "-1"])
     assert "--crf-weight: want a number >= 0" in capsys.readouterr().err
+
+
+def test_segment_says_a_16bit_image_was_rescaled(tmp_path, photo, capsys):
+    _, scr = photo
+    g16 = tmp_path / "g16.png"
+    Image.fromarray((np.arange(32 * 48).reshape(32, 48) * 40).astype(np.uint16)).save(g16)
+    assert main(["segment", str(g16), "--scribbles", str(scr), "--out", str(tmp_path / "m.png"),
+                 "--steps", "2", "--quiet"]) == 0
+    assert "16-bit grey image" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_convert_says_the_same_command_resumes(tmp_path, capsys, monkeypatch):
+    import rloss.data.scribbles
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rloss.data.scribbles, "convert_directory", interrupted)
+    argv = ["scribbles", "convert", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "rloss scribbles convert: interrupted; resume with: rloss scribbles convert" in err
+
+
+def test_ctrl_c_during_demo_prints_the_resume_command(tmp_path, capsys, monkeypatch):
+    import rloss.demo
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rloss.demo, "run_demo", interrupted)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--quick"]) == 130
+    assert f"resume with: rloss demo --out {tmp_path / 'd'} --quick" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from rloss.commands._common import (
     fraction,
     non_negative_int,
     positive_int,
+    set_resume_hint,
     user_errors,
 )
 
@@ -196,10 +197,19 @@ def _report(summary, what: str) -> int:
     return 0
 
 
+def _resume_by_rerun(args: argparse.Namespace) -> None:
+    """Without --overwrite existing outputs are skipped, so the same command resumes."""
+    if not args.overwrite:
+        import shlex
+
+        set_resume_hint(args, "rloss " + shlex.join(list(getattr(args, "argv", None) or [])))
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from rloss.data.io import DataError
     from rloss.data.scribbles import convert_directory
 
+    _resume_by_rerun(args)
     with user_errors(DataError):
         summary = convert_directory(
             args.xml_dir, args.out, images_dir=args.images, tag_policy=args.tag_policy,
@@ -214,6 +224,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from rloss.data.io import DataError
     from rloss.data.scribble_synthesis import synthesize_directory
 
+    _resume_by_rerun(args)
     with user_errors(DataError):
         summary = synthesize_directory(
             args.mask_dir, args.out, fraction=args.fraction, seed=args.seed, mode=args.mode,

@@ -112,6 +112,19 @@ def _check_outputs(args: argparse.Namespace) -> None:
                           suffixes=OVERLAY_SUFFIXES, what="--overlay")
 
 
+def _note_depth(path: Path) -> None:
+    """Say once that a 16-bit image was rescaled to 8 bits (``rloss.data.io.read_image``)."""
+    import sys
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mode = im.mode
+    if mode.startswith("I"):
+        print(f"note: {path} is a 16-bit grey image ({mode!r}); rescaled to 8 bits "
+              "(value / 257)", file=sys.stderr)
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     import time
 
@@ -129,6 +142,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     with user_errors(DataError, ValueError):
         image = read_image(args.image)
         scribbles = read_scribbles(args.scribbles, image.shape[:2])
+    _note_depth(args.image)
     h, w = image.shape[:2]
     if round(min(h, w) * args.scale) < 2:
         raise CLIError(

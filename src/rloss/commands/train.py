@@ -20,7 +20,6 @@ from typing import Any
 
 from rloss.commands._common import (
     CLIError,
-    HelpFormatter,
     add_command,
     check_device,
     check_output_dir,
@@ -69,7 +68,6 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.__class__ = _TrainParser
-    p.formatter_class = HelpFormatter
     p.add_argument(
         "config", help="recipe YAML, e.g. configs/voc_scribble/deeplabv3plus_mobilenet_pce.yaml"
     )
