@@ -614,3 +614,38 @@ def test_ctrl_c_during_demo_prints_the_resume_command(tmp_path, capsys, monkeypa
     monkeypatch.setattr(rloss.demo, "run_demo", interrupted)
     assert main(["demo", "--out", str(tmp_path / "d"), "--quick"]) == 130
     assert f"resume with: rloss demo --out {tmp_path / 'd'} --quick" in capsys.readouterr().err
+
+
+def test_train_eval_predict_check_their_paths(tmp_path, capsys):
+    recipe = REPO / "configs" / "synthetic" / "deeplabv3plus_mobilenet_pce.yaml"
+    afile = tmp_path / "f"
+    afile.write_text("keep")
+    assert main(["train", str(recipe), "--run-dir", str(afile)]) == 2
+    assert "--run-dir" in error_line(capsys) and afile.read_text() == "keep"
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"w")
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(afile)]) == 2
+    assert "--data" in error_line(capsys)
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt: file not found" in error_line(capsys)
+    img = tmp_path / "a.png"
+    write_image(img, np.zeros((4, 4, 3), np.uint8))
+    assert main(["predict", "--checkpoint", str(ckpt), str(img), "--out", str(afile)]) == 2
+    assert "is a file; want a folder" in error_line(capsys)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png").write_bytes(b"old")
+    assert main(["predict", "--checkpoint", str(ckpt), str(img), "--out",
+                 str(tmp_path / "out")]) == 2
+    assert "pass --overwrite" in error_line(capsys)
+    assert (tmp_path / "out" / "a.png").read_bytes() == b"old"
+
+
+def test_one_line_keeps_the_message_of_a_dataloader_worker_error():
+    from rloss.commands._common import one_line
+    from rloss.data.io import DataError
+
+    err = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback "
+                    "(most recent call last):\n  File \"x.py\", line 1\n"
+                    "rloss.data.io.DataError: s0.png: scribble holds value(s) 9\n")
+    assert one_line(err) == "s0.png: scribble holds value(s) 9"
+    assert one_line(ValueError("a\nb")) == "a; b"
