@@ -99,8 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="XML <size> differs from the image: fail the file or warn "
                       "and use the image size")
     conv.add_argument("--width", type=_positive_int, default=3, help="brush width in pixels")
-    conv.add_argument("--workers", type=_positive_int, default=None,
-                      help="worker processes (unset: up to 8 CPUs; 1 = in-process)")
+    conv.add_argument("--workers", type=non_negative_int, default=None,
+                      help="worker processes (unset: up to 8 CPUs; 0 or 1 = in-process)")
     conv.add_argument("--overwrite", action="store_true",
                       help="rewrite existing outputs (never an input)")
     conv.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -123,8 +123,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     syn2.add_argument("--width", type=_positive_int, default=3, help="brush width in pixels")
     syn2.add_argument("--margin", type=float, default=4.0,
                       help="distance kept from region boundaries, pixels")
-    syn2.add_argument("--workers", type=_positive_int, default=None,
-                      help="worker processes (unset: up to 8 CPUs; 1 = in-process)")
+    syn2.add_argument("--workers", type=non_negative_int, default=None,
+                      help="worker processes (unset: up to 8 CPUs; 0 or 1 = in-process)")
     syn2.add_argument("--overwrite", action="store_true",
                       help="rewrite existing outputs (never an input mask)")
     syn2.add_argument("--no-progress", action="store_true", help="hide the progress bar")
