@@ -171,10 +171,13 @@ def _checkpoint(path: str) -> Path:
 def _sigint_seen() -> Iterator[list[bool]]:
     """Record a Ctrl-C (SIGINT) during the block; Lightning turns it into ``exit(1)``."""
     seen = [False]
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (
+        signal.SIG_IGN,
+        None,
+    ):
         yield seen
         return
-    previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum, frame):
         seen[0] = True

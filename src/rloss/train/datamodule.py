@@ -120,7 +120,7 @@ def build_dataset(data: Mapping[str, Any], split: str) -> Dataset:
         transform = EvalTransform()
     kind = data["kind"]
     if kind == "synthetic":
-        from rloss.data.synthetic import SyntheticScenes
+        from rloss.data.demo_scenes import SyntheticScenes
 
         syn = data.get("synthetic") or {}
         return SyntheticScenes(
