@@ -649,3 +649,4 @@ def test_one_line_keeps_the_message_of_a_dataloader_worker_error():
                     "rloss.data.io.DataError: s0.png: scribble holds value(s) 9\n")
     assert one_line(err) == "s0.png: scribble holds value(s) 9"
     assert one_line(ValueError("a\nb")) == "a; b"
+

@@ -151,6 +151,16 @@ def test_voc_id_lists_and_dataset(voc_tree):
     assert val.num_classes == 21
 
 
+def test_voc_rejects_values_outside_the_classes(voc_tree):
+    write_id_lists(voc_tree)
+    bad = np.full((31, 40), 255, np.uint8)
+    bad[0, 0] = 21
+    write_label(voc_tree / "pascal_2012_scribble" / "2007_000001.png", bad)
+    train = VOCScribble(voc_tree, "train")
+    with pytest.raises(DataError, match=r"2007_000001\.png: scribble holds value\(s\) 21"):
+        train[1]
+
+
 def test_voc_reports_missing(voc_tree):
     write_id_lists(voc_tree)
     (voc_tree / "pascal_2012_scribble" / "2007_000002.png").unlink()
