@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULTS",
     "OptimisationDiverged",
     "PottsOnImage",
+    "check_scribble_file",
     "read_scribble_text",
     "read_scribbles",
     "register",
@@ -126,6 +127,28 @@ def read_scribble_text(
     return rasterize_strokes(strokes, (int(size[0]), int(size[1])), width=width)
 
 
+def check_scribble_file(path: str | os.PathLike[str]) -> Path:
+    """Check, without reading it, that ``path`` can hold scribbles: an existing file, not in a
+    lossy format (JPEG/WebP compression noise would become labels). Returns it as a Path.
+
+    Raises:
+        ValueError: a folder, a missing file or a lossy format (the message names the file).
+    """
+    from rloss.data.scribbles import LOSSY_SUFFIXES
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; want a .png or .txt scribble file")
+    if not path.is_file():
+        raise ValueError(f"{path}: scribble file not found")
+    if path.suffix.lower() in LOSSY_SUFFIXES:
+        raise ValueError(
+            f"{path}: {path.suffix} is a lossy format, whose compression noise turns into "
+            "spurious labels; save the scribbles as an index/palette .png or a .txt"
+        )
+    return path
+
+
 def read_scribbles(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarray:
     """Read scribbles from an index/palette PNG or a text polyline file.
 
@@ -142,18 +165,8 @@ def read_scribbles(path: str | os.PathLike[str], size: tuple[int, int]) -> np.nd
             would become labels), wrong size or format (the message names the file).
     """
     from rloss.data.io import read_label
-    from rloss.data.scribbles import LOSSY_SUFFIXES
 
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder; want a scribble file (.png or .txt)")
-    if not path.is_file():
-        raise ValueError(f"scribbles: file not found: {path}")
-    if path.suffix.lower() in LOSSY_SUFFIXES:
-        raise ValueError(
-            f"{path}: scribbles in a lossy format ({path.suffix}) are refused: compression "
-            "noise turns into spurious labels; save them as an index/palette .png or a .txt"
-        )
+    path = check_scribble_file(path)
     if path.suffix.lower() == ".txt":
         return read_scribble_text(path, size)
     arr = read_label(path)

@@ -84,18 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def check_scribble_path(path: Path, what: str = "--scribbles") -> None:
-    """A scribble file exists, is a file and is not in a lossy format."""
-    from rloss.data.scribbles import LOSSY_SUFFIXES
+    """:func:`rloss.segment.check_scribble_file` (exists, a file, not lossy) as a CLI error."""
+    from rloss.segment import check_scribble_file
 
-    if path.is_dir():
-        raise CLIError(f"{what} {path}: is a folder; want a .png or .txt scribble file")
-    if not path.exists():
-        raise CLIError(f"{what} {path}: file not found")
-    if path.suffix.lower() in LOSSY_SUFFIXES:
-        raise CLIError(
-            f"{what} {path}: {path.suffix} is a lossy format, whose compression noise turns "
-            "into spurious labels; save the scribbles as an index/palette .png or a .txt"
-        )
+    with user_errors(ValueError, prefix=f"{what} "):
+        check_scribble_file(path)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
