@@ -259,7 +259,7 @@ def test_cli_segment_png_scribbles_no_crf_and_errors(tmp_path, capsys):
     assert set(np.unique(read_label(out)).tolist()) <= {0, 7}
     # never overwrites an input, even with --overwrite
     assert main([*base, "--out", str(tmp_path / "scr.png"), "--overwrite", "--quiet"]) == 2
-    assert "inputs" in capsys.readouterr().err
+    assert "refusing to overwrite an input" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "m.txt"), "--quiet"]) == 2
     bad = tmp_path / "bad.txt"
     bad.write_text("1,2\n")

@@ -1,8 +1,12 @@
 """The ``rloss`` command.
 
-Each command group lives in its own module exposing ``register(subparsers)``;
-registration must stay light (argparse only) so that ``rloss --help`` is
-fast. Handlers import the heavy stack (Lightning, smp) inside themselves.
+Each command group lives in a module of :mod:`rloss.commands` exposing
+``register(subparsers)``; registration stays light (argparse only) so that
+``rloss --help`` is fast. Handlers import the heavy stack (Lightning, smp) inside themselves.
+
+Every command reports a user error (bad argument, unreadable or unsafe file) as one line
+``rloss COMMAND: error: ...`` with exit status 2, and Ctrl-C as ``interrupted`` with exit
+status 130 and, where the work can be resumed, the command that resumes it.
 """
 
 from __future__ import annotations
@@ -19,53 +23,49 @@ from collections.abc import Sequence
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import rloss
+from rloss.commands import COMMAND_MODULES
+from rloss.commands._common import CLIError, HelpFormatter, is_user_error, one_line
 
-#: Modules that contribute subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = (
-    "rloss.demo",
-    "rloss.segment",
-    "rloss.data.commands",
-    "rloss.train.commands",
-    "rloss.viz_commands",
-)
-
-
-class CLIError(Exception):
-    """An error to report to the user as one line, with exit status 2."""
+__all__ = ["COMMAND_MODULES", "CLIError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``rloss`` argument parser with every command group of :data:`COMMAND_MODULES`."""
     parser = argparse.ArgumentParser(
         prog="rloss",
         description="Weakly-supervised segmentation with regularized losses.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rloss {rloss.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name is not None and name.startswith(err.name):
-                continue  # command group not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``rloss`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = argv
+    sub = getattr(args, f"{args.command.replace('-', '_')}_command", None)
+    name = f"rloss {args.command}" + (f" {sub}" if isinstance(sub, str) else "")
     try:
         result = args.func(args)
-    except CLIError as err:
-        print(f"rloss {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = getattr(args, "resume_hint", None)
+        print(f"\n{name}: interrupted"
+              + (f"; resume with: {hint}" if hint else ""), file=sys.stderr)
         return 130
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        print(f"{name}: error: {one_line(err)}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,9 @@ import numpy as np
 
 __all__ = [
     "DEFAULTS",
+    "OptimisationDiverged",
     "PottsOnImage",
+    "check_scribble_file",
     "read_scribble_text",
     "read_scribbles",
     "register",
@@ -62,6 +63,25 @@ DEFAULTS: dict[str, Any] = {
 STROKE_WIDTH: int = 3
 
 _METHODS = ("net", "logits")
+
+#: Smallest side, in pixels, of the score grid (``scale`` times the image size).
+MIN_GRID_SIDE: int = 2
+
+
+class OptimisationDiverged(ValueError):
+    """The scores became NaN or Inf during :func:`segment_image` (learning rate too large).
+
+    Attributes:
+        step: the step (1-based) at which it was seen.
+        lr: the learning rate used.
+    """
+
+    def __init__(self, step: int, steps: int, lr: float) -> None:
+        self.step, self.steps, self.lr = int(step), int(steps), float(lr)
+        super().__init__(
+            f"the optimisation diverged at step {step} of {steps} (the scores became NaN or "
+            f"Inf); lower lr (was {lr:g})"
+        )
 
 
 # --------------------------------------------------------------------------- scribble input
@@ -107,6 +127,28 @@ def read_scribble_text(
     return rasterize_strokes(strokes, (int(size[0]), int(size[1])), width=width)
 
 
+def check_scribble_file(path: str | os.PathLike[str]) -> Path:
+    """Check, without reading it, that ``path`` can hold scribbles: an existing file, not in a
+    lossy format (JPEG/WebP compression noise would become labels). Returns it as a Path.
+
+    Raises:
+        ValueError: a folder, a missing file or a lossy format (the message names the file).
+    """
+    from rloss.data.scribbles import LOSSY_SUFFIXES
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; want a .png or .txt scribble file")
+    if not path.is_file():
+        raise ValueError(f"{path}: scribble file not found")
+    if path.suffix.lower() in LOSSY_SUFFIXES:
+        raise ValueError(
+            f"{path}: {path.suffix} is a lossy format, whose compression noise turns into "
+            "spurious labels; save the scribbles as an index/palette .png or a .txt"
+        )
+    return path
+
+
 def read_scribbles(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarray:
     """Read scribbles from an index/palette PNG or a text polyline file.
 
@@ -119,13 +161,12 @@ def read_scribbles(path: str | os.PathLike[str], size: tuple[int, int]) -> np.nd
         ``(H, W)`` ``uint8`` labels, 255 = unlabelled.
 
     Raises:
-        ValueError: unreadable file, wrong size or format (the message names the file).
+        ValueError: unreadable file, a folder, a lossy format (JPEG/WebP: compression noise
+            would become labels), wrong size or format (the message names the file).
     """
     from rloss.data.io import read_label
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"scribbles: file not found: {path}")
+    path = check_scribble_file(path)
     if path.suffix.lower() == ".txt":
         return read_scribble_text(path, size)
     arr = read_label(path)
@@ -311,7 +352,9 @@ def segment_image(
         label_values list[int])``.
 
     Raises:
-        ValueError: bad shapes, values or hyper-parameters, or no labelled pixel.
+        ValueError: bad shapes, values or hyper-parameters (``scale`` so small that the score
+            grid has under 2 pixels on a side), or no labelled pixel.
+        OptimisationDiverged: the scores became NaN/Inf (a ``ValueError``; lower ``lr``).
     """
     import torch
 
@@ -335,6 +378,13 @@ def segment_image(
 
     img = _image_tensor(image)
     scr = _scribble_tensor(scribbles, (int(img.shape[1]), int(img.shape[2])))
+    short = min(int(img.shape[1]), int(img.shape[2]))
+    if round(short * float(scale)) < MIN_GRID_SIDE:
+        raise ValueError(
+            f"scale: {float(scale):g} gives a score grid under {MIN_GRID_SIDE} pixels on the "
+            f"short side of this {img.shape[2]}x{img.shape[1]} image; want scale >= "
+            f"{min(1.0, (MIN_GRID_SIDE - 0.5) / short):.3g}"
+        )
     saved_threads = torch.get_num_threads()
     saved_numba = _numba_threads()
     if threads is not None:
@@ -458,8 +508,10 @@ def _optimise(
         opt = torch.optim.Adam(params, lr=float(lr))
 
         bar = tqdm(range(int(steps)), desc="segment", disable=not progress, leave=False)
-        for _ in bar:
+        for step in bar:
             coarse = scores()
+            if not bool(torch.isfinite(coarse).all()):
+                raise OptimisationDiverged(step + 1, int(steps), float(lr))
             logits = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
             loss = pce(logits, target_d)
             if crf is not None:
@@ -480,102 +532,14 @@ def _optimise(
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``rloss segment`` to the ``rloss`` command (argparse only; light)."""
-    p = subparsers.add_parser(
-        "segment",
-        help="segment one image from scribbles (pCE + DenseCRF, optimised on the image)",
-        description=(
-            "Turn scribbles on one image into a dense mask by fitting a small network "
-            "(or per-pixel scores) to that image with partial cross-entropy on the "
-            "scribbles plus the DenseCRF loss. Writes the mask as a palette PNG "
-            "(label values = the scribbles' values) and optionally an overlay."
-        ),
+    """Deprecated: ``rloss segment`` is registered by :mod:`rloss.commands.segment`."""
+    import warnings
+
+    from rloss.commands.segment import register as _register
+
+    warnings.warn(
+        "rloss.segment.register is deprecated; use rloss.commands.segment.register",
+        DeprecationWarning,
+        stacklevel=2,
     )
-    p.add_argument("image", type=Path, help="RGB image (PNG/JPEG)")
-    p.add_argument(
-        "--scribbles",
-        type=Path,
-        required=True,
-        help="index/palette PNG (255 = unlabelled) or .txt with one 'label,x1,y1,x2,y2,...' "
-        "stroke per line",
-    )
-    p.add_argument("--out", type=Path, required=True, help="output mask (.png)")
-    p.add_argument("--overlay", type=Path, default=None, help="also write an overlay (.png/.jpg)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--no-crf", action="store_true", help="pCE only (no DenseCRF loss), to compare")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="optimisation steps")
-    p.add_argument("--method", choices=_METHODS, default=DEFAULTS["method"])
-    p.add_argument("--crf-weight", type=float, default=DEFAULTS["crf_weight"])
-    p.add_argument("--sigma-rgb", type=float, default=DEFAULTS["sigma_rgb"])
-    p.add_argument("--sigma-xy", type=float, default=DEFAULTS["sigma_xy"])
-    p.add_argument("--scale", type=float, default=DEFAULTS["scale"], help="working scale (0, 1]")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's setting)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_segment)
-
-
-def _check_outputs(outputs: Sequence[Path], inputs: Sequence[Path], overwrite: bool) -> None:
-    from rloss.cli import CLIError
-
-    resolved_inputs = {p.resolve() for p in inputs}
-    for out in outputs:
-        if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            raise CLIError(f"{out}: want a .png output file name")
-        if out.resolve() in resolved_inputs:
-            raise CLIError(f"{out}: is one of the inputs; refusing to overwrite it")
-        if out.exists() and not overwrite:
-            raise CLIError(f"{out}: exists; pass --overwrite to replace it")
-
-
-def _cmd_segment(args: argparse.Namespace) -> int:
-    import time
-
-    from rloss.cli import CLIError
-    from rloss.data.io import DataError, read_image, write_image, write_label
-    from rloss.viz import overlay
-
-    outputs = [args.out] + ([args.overlay] if args.overlay is not None else [])
-    if args.out.suffix.lower() != ".png":
-        raise CLIError(f"--out {args.out}: the mask must be a .png file")
-    _check_outputs(outputs, [args.image, args.scribbles], args.overwrite)
-    try:
-        image = read_image(args.image)
-        scribbles = read_scribbles(args.scribbles, image.shape[:2])
-    except (DataError, ValueError) as err:
-        raise CLIError(str(err)) from None
-    start = time.perf_counter()
-    try:
-        labels = segment_image(
-            image,
-            scribbles,
-            crf_weight=0.0 if args.no_crf else args.crf_weight,
-            sigma_rgb=args.sigma_rgb,
-            sigma_xy=args.sigma_xy,
-            steps=args.steps,
-            scale=args.scale,
-            lr=args.lr,
-            method=args.method,
-            seed=args.seed,
-            device=args.device,
-            threads=args.threads,
-            progress=not args.quiet,
-        )
-    except ValueError as err:
-        raise CLIError(str(err)) from None
-    elapsed = time.perf_counter() - start
-    write_label(args.out, labels.astype(np.uint8))
-    print(f"mask: {args.out}")
-    if args.overlay is not None:
-        write_image(args.overlay, overlay(image, labels, alpha=0.5))
-        print(f"overlay: {args.overlay}")
-    present = np.unique(labels)
-    print(
-        f"{image.shape[1]}x{image.shape[0]} px, classes {present.tolist()}, "
-        f"{'pCE only' if args.no_crf else 'pCE + DenseCRF'}, {elapsed:.1f} s"
-    )
-    return 0
+    _register(subparsers)

@@ -258,7 +258,7 @@ def densecrf_gradient_maps(
 
 def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
     """Save a Matplotlib figure as PNG atomically (temporary name + rename)."""
-    from rloss.data.io import atomic_path
+    from rloss._io import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from rloss.cli import main as cli_main
 from rloss.data import SegmentationFolder, SyntheticScenes, VOCScribble, generate_synthetic
+from rloss.data.demo_scenes import SYNTHETIC_CLASSES
 from rloss.data.io import DataError, read_image, read_label, write_image, write_label
-from rloss.data.synthetic import SYNTHETIC_CLASSES
 from rloss.data.transforms import SAMPLE_KEYS, TrainTransform
 from rloss.data.voc import check_voc_tree, write_id_lists
 
@@ -149,6 +149,16 @@ def test_voc_id_lists_and_dataset(voc_tree):
     assert val.ids == ["2007_000004", "2007_000005"]
     assert torch.all(v["scribble"] == 255) and torch.any(v["mask"] != 255)
     assert val.num_classes == 21
+
+
+def test_voc_rejects_values_outside_the_classes(voc_tree):
+    write_id_lists(voc_tree)
+    bad = np.full((31, 40), 255, np.uint8)
+    bad[0, 0] = 21
+    write_label(voc_tree / "pascal_2012_scribble" / "2007_000001.png", bad)
+    train = VOCScribble(voc_tree, "train")
+    with pytest.raises(DataError, match=r"2007_000001\.png: scribble holds value\(s\) 21"):
+        train[1]
 
 
 def test_voc_reports_missing(voc_tree):

@@ -303,7 +303,7 @@ def test_cli_convert_exit_status(scribble_batch, capsys):
                    "--workers", "1", "--no-progress"])
     assert rc == 1
     err = capsys.readouterr().err
-    assert "trunc.xml" in err and "5 files failed" in err
+    assert "trunc.xml" in err and "5 of 7 files failed" in err and "2 written" in err
     for p in (xml / n for n in ("noimage.xml", "corrupt.xml", "trunc.xml", "mismatch.xml",
                                 "bomb.xml")):
         p.unlink()

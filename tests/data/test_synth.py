@@ -7,9 +7,9 @@ import pytest
 from scipy import ndimage
 
 from rloss.cli import main as cli_main
+from rloss.data.demo_scenes import render_scene
 from rloss.data.io import read_label, write_label
-from rloss.data.synth import synthesize_directory, synthesize_scribbles
-from rloss.data.synthetic import render_scene
+from rloss.data.scribble_synthesis import synthesize_directory, synthesize_scribbles
 
 
 def blob_mask(h=128, w=160, seed=0) -> np.ndarray:

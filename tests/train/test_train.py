@@ -172,7 +172,7 @@ def test_resume_after_kill_continues_the_schedule(tmp_path):
 
 
 def test_trains_on_a_segmentation_folder(tmp_path):
-    from rloss.data.synthetic import generate_synthetic
+    from rloss.data.demo_scenes import generate_synthetic
 
     root = generate_synthetic(
         tmp_path / "data", num_train=2, num_val=1, size=(40, 36), progress=False

@@ -1,5 +1,11 @@
 """Data: datasets, joint transforms, scribble conversion and synthesis, the demo data.
 
+Modules: :mod:`~rloss.data.voc` and :mod:`~rloss.data.folder` (datasets),
+:mod:`~rloss.data.scribbles` (ScribbleSup XML / text -> label PNGs),
+:mod:`~rloss.data.scribble_synthesis` (scribbles synthesised from full masks; formerly
+``synth``), :mod:`~rloss.data.demo_scenes` (the generated demo dataset; formerly
+``synthetic``), :mod:`~rloss.data.io` (image/label files), :mod:`~rloss.data.transforms`.
+
 Every dataset item follows one contract (see :mod:`rloss.data.transforms`)::
 
     {"image": float32 (3, H, W) normalised, "image_raw": float32 (3, H, W) 0..255,
@@ -19,7 +25,9 @@ __all__ = [
     "SegmentationFolder",
     "SyntheticScenes",
     "VOCScribble",
+    "demo_scenes",
     "generate_synthetic",
+    "scribble_synthesis",
     "synthetic",
     "transforms",
 ]
@@ -27,16 +35,19 @@ __all__ = [
 _LAZY = {
     "VOCScribble": ("rloss.data.voc", "VOCScribble"),
     "SegmentationFolder": ("rloss.data.folder", "SegmentationFolder"),
-    "SyntheticScenes": ("rloss.data.synthetic", "SyntheticScenes"),
-    "generate_synthetic": ("rloss.data.synthetic", "generate_synthetic"),
-    "synthetic": ("rloss.data.synthetic", None),
+    "SyntheticScenes": ("rloss.data.demo_scenes", "SyntheticScenes"),
+    "generate_synthetic": ("rloss.data.demo_scenes", "generate_synthetic"),
+    "demo_scenes": ("rloss.data.demo_scenes", None),
+    "scribble_synthesis": ("rloss.data.scribble_synthesis", None),
+    "synthetic": ("rloss.data.demo_scenes", None),  # the module's former name
     "transforms": ("rloss.data.transforms", None),
 }
 
 if TYPE_CHECKING:
-    from rloss.data import synthetic, transforms
+    from rloss.data import demo_scenes, scribble_synthesis, transforms
+    from rloss.data import demo_scenes as synthetic
+    from rloss.data.demo_scenes import SyntheticScenes, generate_synthetic
     from rloss.data.folder import SegmentationFolder
-    from rloss.data.synthetic import SyntheticScenes, generate_synthetic
     from rloss.data.voc import VOCScribble
 
 

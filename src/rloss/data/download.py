@@ -200,6 +200,15 @@ def _check_member_path(name: str, archive: Path) -> None:
                                  "destination; refusing to extract")
 
 
+def _check_size(sizes, archive: Path, max_bytes: int | None) -> None:
+    from rloss._io import InputTooLargeError, check_archive_size
+
+    try:
+        check_archive_size(sizes, archive, max_bytes=max_bytes)
+    except InputTooLargeError as err:
+        raise UnsafeArchiveError(str(err)) from None
+
+
 def _safe_tar_members(tf: tarfile.TarFile, archive: Path, dest: Path):
     """Fallback for Pythons without tarfile filters: yield members after the ``data`` checks."""
     root = dest.resolve()
@@ -223,7 +232,11 @@ def _safe_tar_members(tf: tarfile.TarFile, archive: Path, dest: Path):
 
 
 def extract_archive(
-    archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, progress: bool = True
+    archive: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    max_bytes: int | None = None,
 ) -> Path:
     """Extract a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` archive into ``dest`` safely.
 
@@ -231,6 +244,8 @@ def extract_archive(
         archive: the archive file.
         dest: destination folder (created).
         progress: show a tqdm progress bar over members.
+        max_bytes: limit on the members' total uncompressed size
+            (:func:`rloss._io.check_archive_size`; ``None`` = 64 GiB).
 
     Returns:
         ``dest`` as a :class:`~pathlib.Path`.
@@ -238,7 +253,7 @@ def extract_archive(
     Raises:
         UnsafeArchiveError: a member would be written outside ``dest`` (absolute path, ``..``,
             a link pointing outside, a device); nothing is extracted in that case for zips
-            and tars checked up front.
+            and tars checked up front; or the members expand beyond ``max_bytes``.
         DownloadError: the archive is corrupt or of an unknown type.
     """
     from tqdm.auto import tqdm
@@ -249,6 +264,7 @@ def extract_archive(
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 infos = zf.infolist()
+                _check_size((i.file_size for i in infos), archive, max_bytes)
                 for info in infos:  # check everything before writing anything
                     _check_member_path(info.filename, archive)
                     mode = (info.external_attr >> 16) & 0o170000
@@ -262,6 +278,7 @@ def extract_archive(
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 members = tf.getmembers()
+                _check_size((m.size for m in members if m.isfile()), archive, max_bytes)
                 for m in members:
                     _check_member_path(m.name, archive)
                 bar = tqdm(members, desc=f"extract {archive.name}", unit="file",

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from rloss.constants import IGNORE_INDEX
 from rloss.data.io import IMAGE_EXTENSIONS, DataError, find_image, read_image, read_label
 from rloss.data.transforms import EvalTransform
 
@@ -35,7 +36,7 @@ def read_id_list(path: str | os.PathLike[str]) -> list[str]:
     whitespace-separated field of a line is used, as in VOC ``ImageSets`` files)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: id list not found") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -56,6 +57,21 @@ class SampleFiles:
     image: Path
     scribble: Path | None = None
     mask: Path | None = None
+
+
+def _check_label_values(label, path: Path, key: str, num_classes: int | None) -> None:
+    """Every value of ``label`` is a class index ``< num_classes`` or 255 (unlabelled/void)."""
+    if num_classes is None or not label.size:
+        return
+    import numpy as np
+
+    bad = np.unique(label[(label >= num_classes) & (label != IGNORE_INDEX)])
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:8]) + (" ..." if bad.size > 8 else "")
+        raise DataError(
+            f"{path}: {key} holds value(s) {shown}, but there are {num_classes} classes "
+            f"(valid: 0..{num_classes - 1}, and 255 = unlabelled)"
+        )
 
 
 def _missing_message(what: str, folder: Path, missing: Sequence[str], total: int) -> str:
@@ -104,8 +120,14 @@ class LabelledImageDataset(Dataset):
                     f"{path}: {key} is {label.shape[1]}x{label.shape[0]} (WxH) but image "
                     f"{f.image} is {image.shape[1]}x{image.shape[0]}"
                 )
+            _check_label_values(label, path, key, self.label_classes)
             raw[key] = label
         return raw
+
+    @property
+    def label_classes(self) -> int | None:
+        """Number of classes label values are checked against (``None``: not checked)."""
+        return None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
@@ -121,6 +143,9 @@ class SegmentationFolder(LabelledImageDataset):
         split: ``None`` (every image of ``images/``) or a split name read from
             ``splits/<split>.txt`` (e.g. ``"train"``, ``"val"``).
         transform: raw sample -> sample callable; ``None`` = :class:`EvalTransform`.
+        num_classes: number of classes K; scribble and mask values must be ``< K`` or 255,
+            checked when a sample is read (the error names the file). ``None``: the length of
+            ``classes.txt`` when present, else unchecked.
 
     Attributes:
         classes: class names from ``classes.txt`` (``None`` when absent).
@@ -136,7 +161,11 @@ class SegmentationFolder(LabelledImageDataset):
         root: str | os.PathLike[str],
         split: str | None = None,
         transform: Transform | None = None,
+        num_classes: int | None = None,
     ) -> None:
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+            raise ValueError(f"num_classes: want a positive int or None, got {num_classes!r}")
+        self._num_classes = None if num_classes is None else int(num_classes)
         self.root = Path(root)
         self.split = split
         images = self.root / "images"
@@ -153,7 +182,7 @@ class SegmentationFolder(LabelledImageDataset):
         classes_file = self.root / "classes.txt"
         self.classes: list[str] | None = None
         if classes_file.is_file():
-            self.classes = [ln.strip() for ln in classes_file.read_text("utf-8").splitlines()
+            self.classes = [ln.strip() for ln in classes_file.read_text("utf-8-sig").splitlines()
                             if ln.strip()]
         files, no_image = [], []
         for i in ids:
@@ -187,7 +216,13 @@ class SegmentationFolder(LabelledImageDataset):
 
     @property
     def num_classes(self) -> int | None:
+        if self._num_classes is not None:
+            return self._num_classes
         return len(self.classes) if self.classes is not None else None
+
+    @property
+    def label_classes(self) -> int | None:
+        return self.num_classes
 
     def __repr__(self) -> str:
         return (f"SegmentationFolder(root={str(self.root)!r}, split={self.split!r}, "

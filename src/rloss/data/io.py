@@ -8,15 +8,19 @@ marks unlabelled / void pixels.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from rloss._io import (
+    InputTooLargeError,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_image_size,
+)
 from rloss.constants import voc_palette
 
 __all__ = [
@@ -40,48 +44,6 @@ class DataError(ValueError):
     """A data file is missing, unreadable or has unexpected content; the message names it."""
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
-
-    The temporary file lives in the same directory (same file system), so the final
-    :func:`os.replace` is atomic: readers see either the old file or the complete new one,
-    never a partial write. On error the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates the file 0600; give the result the permissions of a normal write
-    os.chmod(tmp, 0o666 & ~_umask())
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary name + rename). Returns ``path``."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically (temporary name + rename). Returns ``path``."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def find_image(directory: str | os.PathLike[str], stem: str) -> Path | None:
     """The image file ``directory/stem.<ext>`` for the first extension of :data:`IMAGE_EXTENSIONS`
     that exists (upper-case extensions too), or ``None``."""
@@ -94,18 +56,40 @@ def find_image(directory: str | os.PathLike[str], stem: str) -> Path | None:
 
 
 def _open(path: Path):
+    """Open and decode an image file; its header's size is checked before decoding."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if not path.is_file():
-        raise DataError(f"{path}: not a regular file")
+        raise DataError(f"{path}: not a regular file (a folder?)")
     try:
         img = Image.open(path)
+        check_image_size(img.width, img.height, path)
         img.load()
+    except InputTooLargeError as err:
+        raise DataError(str(err)) from None
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: image too large to read safely ({err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot read image ({err})") from err
     return img
+
+
+def _grey16_to_uint8(img, path: Path) -> np.ndarray:
+    """16-bit grey -> 8-bit grey by ``round(v / 257)`` (65535 -> 255); other ranges refused."""
+    arr = np.asarray(img)
+    if arr.dtype.kind == "f":
+        raise DataError(
+            f"{path}: floating-point image (mode {img.mode!r}) has no defined 0..255 range; "
+            "save it as 8-bit or 16-bit"
+        )
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise DataError(
+            f"{path}: {img.mode!r} image values {arr.min()}..{arr.max()} are outside the "
+            "16-bit range 0..65535; save it as 8-bit or 16-bit"
+        )
+    return np.floor(arr.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -113,15 +97,23 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
     Args:
         path: JPEG/PNG/... file. Grey, palette and RGBA images are converted to RGB.
+            16-bit grey images (PNG/TIFF) are rescaled to 8 bits, ``round(v / 257)``, so
+            65535 becomes 255 (not clipped); 32-bit integer images with values beyond
+            0..65535 and floating-point images are refused.
 
     Returns:
         ``uint8`` array of shape ``(H, W, 3)``, values 0..255.
 
     Raises:
-        DataError: the file is missing, truncated or not an image (the message names it).
+        DataError: the file is missing, truncated, not an image, larger than
+            :data:`rloss._io.MAX_IMAGE_PIXELS`, or of an unsupported depth (the message
+            names it).
     """
     path = Path(path)
     img = _open(path)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        grey = _grey16_to_uint8(img, path)
+        return np.repeat(grey[:, :, None], 3, axis=2)
     try:
         rgb = img.convert("RGB")
     except (OSError, ValueError) as err:

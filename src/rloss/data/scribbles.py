@@ -47,8 +47,16 @@ from pathlib import Path
 
 import numpy as np
 
+from rloss._io import InputTooLargeError, check_image_size, check_output_dir, resolve_path
 from rloss.constants import IGNORE_INDEX, VOC_CLASSES
-from rloss.data.io import DataError, find_image, read_image, read_label, write_label
+from rloss.data.io import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    find_image,
+    read_image,
+    read_label,
+    write_label,
+)
 
 __all__ = [
     "SIZE_MISMATCH_POLICIES",
@@ -68,6 +76,7 @@ __all__ = [
     "parse_scribble_xml",
     "rasterize_strokes",
     "read_scribble_file",
+    "scribble_id",
     "tag_to_class",
 ]
 
@@ -78,6 +87,24 @@ TAG_POLICIES: tuple[str, ...] = ("background", "ignore", "error")
 SIZE_MISMATCH_POLICIES: tuple[str, ...] = ("error", "warn")
 #: Annotation file suffixes read by :func:`convert_directory`.
 SCRIBBLE_SUFFIXES: tuple[str, ...] = (".xml", ".txt")
+#: Lossy image formats: their compression noise turns into spurious classes in a label map.
+LOSSY_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".jpe", ".jfif", ".webp")
+#: Stem suffixes of public scribble files (``2007_000032_scribble.txt``), dropped to get the
+#: image id.
+_ID_SUFFIX = re.compile(r"[_\-.]scribbles?$", re.IGNORECASE)
+
+
+def scribble_id(path: str | os.PathLike[str]) -> str:
+    """The image id of a scribble file: its stem without a ``_scribble``/``_scribbles`` suffix.
+
+    Public ScribbleSup text files are named ``<id>_scribble.txt`` next to ``<id>.jpg``; outputs
+    are named ``<id>.png`` so that :class:`rloss.data.voc.VOCScribble` finds them.
+
+    >>> scribble_id("ann/2007_000032_scribble.txt"), scribble_id("2007_000032.xml")
+    ('2007_000032', '2007_000032')
+    """
+    stem = Path(path).stem
+    return _ID_SUFFIX.sub("", stem) or stem
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "background": ("bg", "bkg", "back", "__background__", "void_background"),
@@ -260,7 +287,10 @@ def parse_scribble_xml(source: str | os.PathLike[str] | bytes) -> ScribbleAnnota
             h = _number(h_elem, "<size> height", name)
             if w < 1 or h < 1 or w != int(w) or h != int(h):
                 raise ScribbleFormatError(f"{name}: invalid <size> {w}x{h}")
-            size = (int(h), int(w))
+            try:
+                size = check_image_size(int(w), int(h), f"{name}: <size>")
+            except InputTooLargeError as err:
+                raise ScribbleFormatError(str(err)) from None
     fn_elem = _child(root, "filename")
     filename = None
     if fn_elem is not None:
@@ -289,6 +319,8 @@ def parse_polyline_text(
 ) -> ScribbleAnnotation:
     """Parse the text polyline format: one stroke per line, ``label,x1,y1,x2,y2,...``.
 
+    Files are read as UTF-8; a byte-order mark (as some Windows editors write) is skipped.
+
     Args:
         source: file path (read when ``text`` is ``None``; otherwise used in messages).
         text: the file content, if already in memory.
@@ -300,12 +332,13 @@ def parse_polyline_text(
     name = str(source)
     if text is None:
         try:
-            text = Path(source).read_text(encoding="utf-8")
+            text = Path(source).read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise ScribbleFormatError(f"{name}: file not found") from None
         except (OSError, UnicodeDecodeError) as err:
             raise ScribbleFormatError(f"{name}: cannot read ({err})") from err
     strokes = []
+    text = text.removeprefix("\ufeff")
     for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -408,6 +441,7 @@ def rasterize_strokes(
     height, width_px = int(size[0]), int(size[1])
     if height < 1 or width_px < 1:
         raise ValueError(f"size: want (H, W) with H, W >= 1, got {size}")
+    check_image_size(width_px, height, "rasterize_strokes: size")
     if width < 1:
         raise ValueError(f"width: want >= 1, got {width}")
     out = np.full((height, width_px), ignore_index, dtype=np.uint8)
@@ -539,7 +573,8 @@ def convert_file(
         images_dir: folder searched for the image when ``image`` is ``None``.
         tag_policy: one of :data:`TAG_POLICIES`.
         size_mismatch: one of :data:`SIZE_MISMATCH_POLICIES` (``"warn"`` uses the image size).
-        overwrite: rewrite an existing ``output`` (otherwise it is skipped).
+        overwrite: rewrite an existing ``output`` (otherwise it is skipped); an output that is
+            the scribble file or the image fails, whatever ``overwrite``.
         width: brush width in pixels.
 
     Returns:
@@ -553,6 +588,10 @@ def convert_file(
         )
     source, output = Path(source), Path(output)
     result = ConvertResult(source=str(source), output=str(output), status="failed")
+    for inp in (source, image):
+        if inp is not None and resolve_path(output) == resolve_path(inp):
+            result.message = f"{output}: is the input {inp}; refusing to overwrite an input"
+            return result
     if output.exists() and not overwrite:
         result.status = "skipped"
         try:
@@ -565,12 +604,15 @@ def convert_file(
         ann = read_scribble_file(source)
         image_path = Path(image) if image is not None else None
         if image_path is None and images_dir is not None:
-            image_path = find_image(images_dir, source.stem)
+            image_id = scribble_id(source)
+            image_path = find_image(images_dir, image_id)
+            if image_path is None and image_id != source.stem:
+                image_path = find_image(images_dir, source.stem)
             if image_path is None and ann.filename:
                 candidate = Path(images_dir) / Path(ann.filename).name
                 image_path = candidate if candidate.is_file() else None
             if image_path is None:
-                raise DataError(f"{source}: no image {source.stem}.* in {images_dir}")
+                raise DataError(f"{source}: no image {image_id}.* in {images_dir}")
         warning = None
         if image_path is not None:
             size = _image_size(image_path)
@@ -631,10 +673,14 @@ def convert_directory(
     progress: bool = True,
     files: Sequence[str | os.PathLike[str]] | None = None,
 ) -> ConvertSummary:
-    """Convert every ``*.xml`` / ``*.txt`` scribble file of a folder to ``out_dir/<stem>.png``.
+    """Convert every ``*.xml`` / ``*.txt`` scribble file of a folder to ``out_dir/<id>.png``.
 
-    Bad files are reported in the summary and do not stop the batch. Running twice gives the
-    same files (existing outputs are skipped unless ``overwrite``).
+    The id is the file's stem without a ``_scribble``/``_scribbles`` suffix
+    (:func:`scribble_id`): ``2007_000032_scribble.txt`` -> ``2007_000032.png``, the name
+    :class:`rloss.data.voc.VOCScribble` reads. Bad files are reported in the summary and do not
+    stop the batch. Running twice gives the same files (existing outputs are skipped unless
+    ``overwrite``). The output folder is checked first (:func:`rloss._io.check_output_dir`):
+    it may not be the scribble or image folder, and no output may replace an input.
 
     Args:
         source_dir: folder of scribble files (not recursive).
@@ -650,6 +696,11 @@ def convert_directory(
 
     Returns:
         A :class:`ConvertSummary` (``summary.ok`` is False when any file failed).
+
+    Raises:
+        DataError: a folder is missing.
+        rloss._io.UnsafeOutputError: ``out_dir`` is an input folder, a file, not writable, or
+            an output would replace an input.
     """
     if tag_policy not in TAG_POLICIES:
         raise ValueError(f"tag_policy: want one of {TAG_POLICIES}, got {tag_policy!r}")
@@ -666,17 +717,21 @@ def convert_directory(
     files = [Path(f) for f in files]
     if images_dir is not None and not Path(images_dir).is_dir():
         raise DataError(f"{images_dir}: image folder not found")
+    image_files = [] if images_dir is None else [
+        p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+    outputs = [out_dir / f"{scribble_id(f)}.png" for f in files]
+    check_output_dir(out_dir, inputs=[source_dir, images_dir, *files, *image_files],
+                     outputs=outputs, overwrite=overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems = Counter(f.stem for f in files)
+    ids = Counter(scribble_id(f) for f in files)
     kwargs = {"tag_policy": tag_policy, "size_mismatch": size_mismatch, "overwrite": overwrite,
               "width": width}
     tasks, results = [], []
-    for f in files:
-        out = out_dir / f"{f.stem}.png"
-        if stems[f.stem] > 1:
+    for f, out in zip(files, outputs, strict=True):
+        if ids[scribble_id(f)] > 1:
             results.append(ConvertResult(str(f), str(out), "failed",
                                          message=f"{f}: several scribble files share the id "
-                                         f"{f.stem!r}"))
+                                         f"{scribble_id(f)!r}"))
         else:
             tasks.append((f, out, images_dir, kwargs))
 

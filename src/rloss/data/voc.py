@@ -447,5 +447,10 @@ class VOCScribble(LabelledImageDataset):
                                          self.root / folder / f"{i}.png"))
         super().__init__(files, transform)
 
+    @property
+    def label_classes(self) -> int:
+        """Scribble and mask values must be VOC class indices (0..20) or 255."""
+        return self.num_classes
+
     def __repr__(self) -> str:
         return f"VOCScribble(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"

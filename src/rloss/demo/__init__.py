@@ -1,6 +1,6 @@
 """``rloss demo``: what the regularizer buys, offline, in minutes on a CPU.
 
-The demo generates the built-in dataset (:func:`rloss.data.synthetic.generate_synthetic`:
+The demo generates the built-in dataset (:func:`rloss.data.demo_scenes.generate_synthetic`:
 textured shapes whose boundaries follow colour edges, with sparse scribbles) and trains
 the same network with the same schedule three (or four) ways through
 :func:`rloss.train.fit.train`:
@@ -38,7 +38,6 @@ inference and metric code). The command line is in :mod:`rloss.commands`.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rloss.demo.recipes import demo_recipes
 from rloss.demo.report import aggregate_results, gap_closed
@@ -59,55 +58,15 @@ __all__ = [
 ]
 
 
-# MERGE: the command line moves to rloss.commands (cli helper)
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``rloss demo`` to the ``rloss`` command (argparse only; light)."""
-    p = subparsers.add_parser(
-        "demo",
-        help="offline demo: scribbles vs scribbles + DenseCRF loss vs full supervision",
-        description=(
-            "Generate the built-in dataset, train the same network with partial "
-            "cross-entropy on scribbles, then fine-tune it with the DenseCRF loss, and "
-            "train it with full masks; print the mIoU table and write a report folder "
-            "(tables, figures, gradient visualisation). A few minutes on 2 CPU cores."
-        ),
-    )
-    p.add_argument("--out", type=Path, default=Path("rloss-demo"), help="output folder")
-    p.add_argument("--quick", action="store_true", help="tiny run (< 2 min), numbers meaningless")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
-    p.add_argument("--ncut", action="store_true", help="also train with the Normalized Cut loss")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for training (default: all cores); 1 is faster on a busy machine",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace a demo with other settings in --out"
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=_cmd_demo)
+    """Deprecated: ``rloss demo`` is registered by :mod:`rloss.commands.demo`."""
+    import warnings
 
+    from rloss.commands.demo import register as _register
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from rloss.cli import CLIError
-
-    try:
-        res = run_demo(
-            args.out,
-            quick=args.quick,
-            seed=args.seed,
-            ncut=args.ncut,
-            device=args.device,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            overrides={} if args.threads is None else {"threads": int(args.threads)},
-        )
-    except FileExistsError as err:
-        raise CLIError(str(err)) from None
-    print()
-    print(res["table"])
-    for key in ("table_md", "table_json", "predictions", "curves", "gradient"):
-        print(f"{key:12s} {res['files'][key]}")
-    return 0
+    warnings.warn(
+        "rloss.demo.register is deprecated; the command lives in rloss.commands.demo",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    _register(subparsers)

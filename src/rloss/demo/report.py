@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rloss.data.demo_scenes import SYNTHETIC_CLASSES
 from rloss.data.folder import SegmentationFolder
-from rloss.data.synthetic import SYNTHETIC_CLASSES
 from rloss.train.checkpoint import load_model
 from rloss.train.inference import normalize_image, predict_probs
 from rloss.train.run_dir import RunDir

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from rloss.constants import IGNORE_INDEX
+from rloss.data.demo_scenes import generate_synthetic
 from rloss.data.folder import SegmentationFolder
 from rloss.data.io import atomic_write_text
-from rloss.data.synthetic import generate_synthetic
 from rloss.demo.recipes import demo_recipes
 from rloss.demo.report import (
     finite_or_none,

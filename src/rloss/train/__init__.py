@@ -13,7 +13,7 @@
 - :mod:`rloss.train.callbacks` — history and atomic checkpoint callbacks;
 - :mod:`rloss.train.fit` — ``train``; :mod:`rloss.train.evaluation` — ``evaluate``;
 - :mod:`rloss.train.api` — compatibility re-exports of the names above;
-- :mod:`rloss.train.commands` — ``rloss train``, ``rloss eval``, ``rloss predict``.
+- :mod:`rloss.commands.train` — ``rloss train``, ``rloss eval``, ``rloss predict`` (the CLI).
 
 Importing this package is light; Lightning and smp load with the submodules.
 """

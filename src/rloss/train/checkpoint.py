@@ -17,16 +17,14 @@ of the training package (:func:`to_plain`, :func:`write_json_atomic`,
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from rloss.data.io import atomic_path, atomic_write_text
+from rloss._io import atomic_path, to_plain, write_json_atomic
 from rloss.train.models import build_model, state_dict_mismatch
 
 __all__ = [
@@ -45,39 +43,8 @@ MODEL_FILE = "model.pt"
 
 
 # --------------------------------------------------------------------------- plain data
-def to_plain(obj: Any, *, json_safe: bool = False) -> Any:
-    """Plain YAML/JSON data from ``obj``: mappings → dicts with str keys, tuples → lists,
-    paths → str; with ``json_safe`` also tensors/numpy scalars → numbers or lists and
-    non-finite floats → ``None``.
-
-    >>> to_plain({1: (Path("a"), 2.0)})
-    {'1': ['a', 2.0]}
-    >>> to_plain({"x": float("nan"), "t": torch.tensor(3)}, json_safe=True)
-    {'x': None, 't': 3}
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): to_plain(v, json_safe=json_safe) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v, json_safe=json_safe) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if json_safe:
-        if isinstance(obj, torch.Tensor):
-            obj = obj.item() if obj.numel() == 1 else obj.tolist()
-        if isinstance(obj, np.generic):
-            obj = obj.item()
-        if isinstance(obj, float) and not math.isfinite(obj):
-            return None
-    return obj
-
-
-def _json_safe(obj: Any) -> Any:
-    return to_plain(obj, json_safe=True)
-
-
-def write_json_atomic(data: Any, path: str | Path) -> Path:
-    """Write ``data`` as JSON (NaN as null) to ``path`` via a temporary file and rename."""
-    return atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
+#: Compatibility names: the one JSON/YAML-safe conversion and JSON writer are in rloss._io.
+_json_safe = to_plain
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> Path:

@@ -24,9 +24,8 @@ from typing import Any
 import torch
 import yaml
 
-from rloss.data.io import atomic_write_text
+from rloss._io import atomic_write_text, to_plain
 from rloss.train import models
-from rloss.train.checkpoint import to_plain
 
 #: Loss terms a recipe may enable, with their default parameters.
 LOSS_TERMS: dict[str, dict[str, Any]] = {
@@ -182,7 +181,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """``data.synthetic``: the synthetic scenes (:class:`rloss.data.synthetic.SyntheticScenes`)."""
+    """``data.synthetic``: generated scenes (:class:`rloss.data.demo_scenes.SyntheticScenes`)."""
 
     num_train: int = field(default=32, metadata=_m(POSITIVE_INT))
     num_val: int = field(default=8, metadata=_m(POSITIVE_INT))

@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rloss.constants import VOC_CLASSES
+from rloss.data.demo_scenes import SyntheticScenes
 from rloss.data.folder import SegmentationFolder
-from rloss.data.synthetic import SyntheticScenes
 from rloss.data.transforms import EvalTransform, TrainTransform, pad_collate
 from rloss.data.voc import VOCScribble
 from rloss.train.config import DataSpec
