@@ -1,4 +1,4 @@
-"""CompositeLoss: the sum of its terms, per-term detached values, dispatch and errors."""
+"""CompositeLoss and the term registry: sums, detached values, dispatch, build_criterion."""
 
 from __future__ import annotations
 
@@ -7,17 +7,22 @@ import torch
 from torch import nn
 
 from rloss.losses import (
+    TERMS,
     CompositeLoss,
     DenseCRFLoss,
     NormalizedCutLoss,
     PartialCrossEntropy,
     SizeLoss,
     TermInputs,
+    build_criterion,
     densecrf_loss,
+    get_term,
     ncut_loss,
     partial_cross_entropy,
+    register_term,
     size_bounds_from_tags,
     size_loss,
+    term_defaults,
 )
 
 
@@ -125,3 +130,124 @@ def test_probs_are_computed_only_when_a_term_needs_them():
 def test_state_dict_moves_with_module():
     loss = CompositeLoss({"pce": PartialCrossEntropy(class_weight=torch.ones(3))})
     assert "terms.pce.class_weight" in loss.state_dict()
+
+
+# --- the registry and build_criterion ---------------------------------------------
+
+
+def test_registry_maps_the_four_names_to_their_classes():
+    assert TERMS == {
+        "pce": PartialCrossEntropy,
+        "densecrf": DenseCRFLoss,
+        "ncut": NormalizedCutLoss,
+        "size": SizeLoss,
+    }
+    assert get_term("ncut") is NormalizedCutLoss
+    with pytest.raises(ValueError, match=r"unknown loss term 'nuct'; did you mean 'ncut'\?"):
+        get_term("nuct")
+
+
+def test_build_criterion_from_a_recipe_like_mapping_equals_the_hand_built_one():
+    logits, labels, image, roi, bounds = _batch()
+    spec = {
+        "pce": {"weight": 0.5},
+        "densecrf": {"weight": 1e-3, "sigma_xy": 5.0, "backend": "exact"},
+        "ncut": {"weight": 0.1, "sigma_rgb": 15.0, "sigma_xy": 5.0, "backend": "exact"},
+        "size": {"weight": 2.0},
+        "disabled": None,  # as a recipe's `loss.<name>: null`; never looked up
+    }
+    built = build_criterion(spec)
+    assert isinstance(built, CompositeLoss)
+    assert list(built.terms) == ["pce", "densecrf", "ncut", "size"]
+    by_hand = CompositeLoss(
+        {
+            "pce": PartialCrossEntropy(weight=0.5),
+            "densecrf": DenseCRFLoss(weight=1e-3, sigma_xy=5.0, backend="exact"),
+            "ncut": NormalizedCutLoss(0.1, 15.0, 5.0, backend="exact"),
+            "size": SizeLoss(2.0),
+        }
+    )
+    assert repr(built) == repr(by_hand)
+    got, got_parts = built(logits, labels, image, roi, bounds)
+    want, want_parts = by_hand(logits, labels, image, roi, bounds)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert got_parts.keys() == want_parts.keys()
+
+
+def test_build_criterion_errors_name_the_term_and_the_key():
+    with pytest.raises(ValueError, match=r"unknown loss term 'densecr'; did you mean 'densecrf'\?"):
+        build_criterion({"pce": {}, "densecr": {"weight": 1.0}})
+    with pytest.raises(
+        ValueError, match=r"densecrf: unknown parameter 'sigma_rbg' .*did you mean 'sigma_rgb'\?"
+    ):
+        build_criterion({"densecrf": {"sigma_rbg": 5.0}})
+    with pytest.raises(ValueError, match=r"ncut: NormalizedCutLoss needs .*'sigma_rgb'"):
+        build_criterion({"ncut": {"weight": 0.5, "sigma_xy": 5.0}})
+    with pytest.raises(ValueError, match=r"size: weight must be a finite non-negative"):
+        build_criterion({"size": {"weight": -1.0}})
+    with pytest.raises(ValueError, match="pce: expected a mapping"):
+        build_criterion({"pce": 1.0})
+    with pytest.raises(ValueError, match="enables no loss term"):
+        build_criterion({"pce": None})
+
+
+def test_a_registered_toy_term_is_built_from_a_mapping_and_summed():
+    class MeanForeground(nn.Module):
+        """Toy regulariser: weight · mean foreground probability."""
+
+        inputs = TermInputs.IMAGE_PROBS_ROI
+
+        def __init__(self, weight: float = 1.0, first: int = 1) -> None:
+            super().__init__()
+            self.weight, self.first = float(weight), int(first)
+
+        def forward(self, image, probs, roi=None):
+            return self.weight * probs[:, self.first :].sum(1).mean()
+
+    assert register_term("toy_fg")(MeanForeground) is MeanForeground
+    try:
+        assert term_defaults("toy_fg") == {"weight": 1.0, "first": 1}
+        criterion = build_criterion({"pce": {}, "toy_fg": {"weight": 0.25, "first": 2}})
+        logits, labels, image, roi, _ = _batch()
+        total, parts = criterion(logits, labels, image, roi)
+        want = 0.25 * logits.softmax(1)[:, 2:].sum(1).mean()
+        torch.testing.assert_close(parts["toy_fg"], want.detach())
+        torch.testing.assert_close(total, partial_cross_entropy(logits, labels) + want)
+        # the same class again is fine; another class under the name needs replace=True
+        register_term("toy_fg", MeanForeground)
+        with pytest.raises(ValueError, match="already registered"):
+            register_term("toy_fg", SizeLoss)
+        with pytest.raises(ValueError, match="toy_fg: unknown parameter 'frist'"):
+            build_criterion({"toy_fg": {"frist": 2}})
+    finally:
+        del TERMS["toy_fg"]
+    assert "toy_fg" not in TERMS
+
+
+def test_register_term_refuses_what_is_no_term():
+    class NoWeight(nn.Module):
+        inputs = TermInputs.LOGITS_LABELS
+
+    class NoInputs(nn.Module):
+        def __init__(self, weight=1.0):
+            super().__init__()
+
+    with pytest.raises(ValueError, match="must take `weight`"):
+        register_term("x", NoWeight)
+    with pytest.raises(ValueError, match="cannot tell which inputs"):
+        register_term("x", NoInputs)
+    with pytest.raises(ValueError, match=r"nn\.Module subclass"):
+        register_term("x", partial_cross_entropy)
+    with pytest.raises(ValueError, match=r"without '\.'"):
+        register_term("a.b", SizeLoss)
+    assert "x" not in TERMS
+
+
+def test_train_build_criterion_is_the_registry_builder_minus_training_keys():
+    from rloss.train.config import LOSS_TERMS
+    from rloss.train.module import build_criterion as train_build
+
+    loss = {"pce": dict(LOSS_TERMS["pce"]), "size": dict(LOSS_TERMS["size"])}
+    assert loss["size"]["margin"] == 0.1  # consumed by the training loop, not SizeLoss
+    criterion = train_build(loss)
+    assert repr(criterion) == repr(build_criterion({"pce": {}, "size": {"weight": 1e-6}}))
