@@ -27,10 +27,11 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from rloss import losses
 from rloss.constants import IGNORE_INDEX
 from rloss.losses import size_bounds_from_mask
 from rloss.train.checkpoint import to_plain
-from rloss.train.config import OptimSpec, Recipe
+from rloss.train.config import LOSS_TRAINING_KEYS, OptimSpec, Recipe
 from rloss.train.metrics import ConfusionMatrix, iou_from_confusion, summarize
 from rloss.train.models import MSC, build_model, head_parameters
 
@@ -59,10 +60,7 @@ def build_criterion(loss: Mapping[str, Mapping[str, Any]]) -> nn.Module:
         The composite loss; its forward is
         ``(logits, labels, image, roi, size_bounds) -> (total, {name: value})``.
     """
-    from rloss.losses import build_criterion as build
-    from rloss.train.config import LOSS_TRAINING_KEYS
-
-    return build(
+    return losses.build_criterion(
         {
             name: None
             if params is None
