@@ -251,3 +251,60 @@ def test_train_build_criterion_is_the_registry_builder_minus_training_keys():
     assert loss["size"]["margin"] == 0.1  # consumed by the training loop, not SizeLoss
     criterion = train_build(loss)
     assert repr(criterion) == repr(build_criterion({"pce": {}, "size": {"weight": 1e-6}}))
+
+
+def test_recipe_defaults_are_the_class_defaults_plus_the_stated_overrides():
+    """``LOSS_TERMS`` is derived, and equals the table recipes used before it was."""
+    from rloss.train.config import LOSS_OVERRIDES, LOSS_TERMS
+
+    assert dict(LOSS_TERMS) == {
+        "pce": {"weight": 1.0},
+        "densecrf": {
+            "weight": 2e-9,
+            "sigma_rgb": 15.0,
+            "sigma_xy": 100.0,
+            "scale_factor": 0.5,
+            "normalize": False,
+            "backend": None,
+        },
+        "ncut": {
+            "weight": 0.5,
+            "sigma_rgb": 15.0,
+            "sigma_xy": 100.0,
+            "scale_factor": 0.5,
+            "backend": None,
+        },
+        "size": {"weight": 1e-6, "margin": 0.1},
+    }
+    # each default is written once: on the class, unless stated as an override
+    crf = DenseCRFLoss()
+    for key in ("weight", "sigma_rgb", "sigma_xy", "normalize", "backend"):
+        assert LOSS_TERMS["densecrf"][key] == getattr(crf, key)
+    assert crf.scale_factor == 1.0 and LOSS_OVERRIDES["densecrf"] == {"scale_factor": 0.5}
+
+
+def test_a_registered_term_is_a_recipe_term_with_its_class_defaults():
+    from rloss.train.config import LOSS_TERMS, load_config
+
+    class Tv(nn.Module):
+        inputs = TermInputs.IMAGE_PROBS_ROI
+
+        def __init__(self, weight: float = 0.01, p: int = 1) -> None:
+            super().__init__()
+            self.weight, self.p = weight, p
+
+        def forward(self, image, probs, roi=None):
+            return self.weight * probs.diff(dim=-1).abs().pow(self.p).mean()
+
+    register_term("tv", Tv)
+    try:
+        assert LOSS_TERMS["tv"] == {"weight": 0.01, "p": 1}
+        from pathlib import Path
+
+        recipe = Path(__file__).parents[2] / "configs/synthetic/deeplabv3plus_mobilenet_pce.yaml"
+        cfg = load_config(recipe, ["loss.tv.p=2"], check_paths=False)
+        loss = cfg["loss"] if isinstance(cfg, dict) else cfg.loss
+        assert loss["tv"] == {"weight": 0.01, "p": 2}
+    finally:
+        del TERMS["tv"]
+    assert "tv" not in LOSS_TERMS

@@ -53,9 +53,11 @@ LOSS_TRAINING_KEYS: dict[str, dict[str, tuple[str, str]]] = {
     "size": {"margin": ("size_bounds_from_mask", "margin")},
 }
 
-#: Constructor parameters that are no recipe choice: the datasets mark
-#: unlabelled pixels with ``rloss.constants.IGNORE_INDEX``.
-_NOT_RECIPE_KEYS: dict[str, tuple[str, ...]] = {"pce": ("ignore_index",)}
+#: Constructor parameters that are no recipe key: the datasets mark unlabelled
+#: pixels with ``rloss.constants.IGNORE_INDEX``; class weights were never a
+#: recipe key, and adding one would change the resolved ``config.yaml`` of every
+#: existing run (resume compares it).
+_NOT_RECIPE_KEYS: dict[str, tuple[str, ...]] = {"pce": ("class_weight", "ignore_index")}
 
 
 def _recipe_scalar(value: object) -> bool:
