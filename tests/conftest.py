@@ -11,6 +11,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
 
+#: ``--doctest-modules`` (pyproject.toml) would also import this file as a doctest
+#: module named ``conftest``, which clashes with ``src/conftest.py`` (the doctest
+#: namespace of the package's examples); it has no examples.
+collect_ignore = ["conftest.py"]
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

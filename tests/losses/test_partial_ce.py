@@ -1,4 +1,8 @@
-"""Partial cross-entropy: agreement with torch, class weights, empty batches, bad labels."""
+"""Partial cross-entropy: agreement with torch, class and term weights, empty batches, bad labels.
+
+The shared battery (module == function, gradcheck, dtypes, devices, compile) is
+in ``test_battery.py``.
+"""
 
 from __future__ import annotations
 
@@ -59,10 +63,50 @@ def test_gradcheck():
 def test_module_equals_function_and_custom_ignore_index():
     logits, labels = _data(dtype=torch.float32)
     labels[labels == 255] = 254
-    module = PartialCrossEntropy(weight=torch.tensor([1.0, 2.0, 1.0, 1.0]), ignore_index=254)
-    want = partial_cross_entropy(logits, labels, module.weight, ignore_index=254)
+    cw = torch.tensor([1.0, 2.0, 1.0, 1.0])
+    module = PartialCrossEntropy(weight=0.25, class_weight=cw, ignore_index=254)
+    want = partial_cross_entropy(logits, labels, cw, ignore_index=254, weight=0.25)
     torch.testing.assert_close(module(logits, labels), want)
-    assert "weight" in dict(module.named_buffers())
+    assert "class_weight" in dict(module.named_buffers())
+    assert module.weight == 0.25
+    assert repr(module) == "PartialCrossEntropy(weight=0.25, ignore_index=254, weighted=True)"
+
+
+def test_weight_scales_the_loss_and_its_gradient_exactly():
+    logits, labels = _data()
+    logits.requires_grad_()
+    base = partial_cross_entropy(logits, labels)
+    (g1,) = torch.autograd.grad(base, logits)
+    scaled = partial_cross_entropy(logits, labels, weight=3.0)
+    (g3,) = torch.autograd.grad(scaled, logits)
+    torch.testing.assert_close(scaled, 3.0 * base)
+    torch.testing.assert_close(g3, 3.0 * g1)
+    assert torch.equal(partial_cross_entropy(logits, labels, weight=1.0), base)
+    assert float(partial_cross_entropy(logits, labels, weight=0.0).detach()) == 0.0
+    with pytest.raises(ValueError, match="weight must be a finite non-negative number"):
+        PartialCrossEntropy(weight=-1.0)
+    with pytest.raises(ValueError, match="weight must be a finite non-negative number"):
+        partial_cross_entropy(logits, labels, weight=float("nan"))
+
+
+def test_class_weights_as_weight_still_work_with_a_deprecation_warning():
+    """``weight`` was the class weights before every term took a term weight."""
+    logits, labels = _data(dtype=torch.float32)
+    cw = torch.tensor([0.5, 1.0, 2.0, 3.0])
+    want = partial_cross_entropy(logits, labels, class_weight=cw)
+    with pytest.warns(DeprecationWarning, match="class_weight"):
+        module = PartialCrossEntropy(weight=cw)
+    assert module.weight == 1.0
+    torch.testing.assert_close(module.class_weight, cw)
+    torch.testing.assert_close(module(logits, labels), want)
+    with pytest.warns(DeprecationWarning, match="class_weight"):
+        positional = PartialCrossEntropy(cw)  # the old first positional parameter
+    torch.testing.assert_close(positional(logits, labels), want)
+    with pytest.warns(DeprecationWarning, match="class_weight"):
+        got = partial_cross_entropy(logits, labels, weight=cw)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=r"weight must be a number .* when class_weight"):
+        PartialCrossEntropy(weight=[1.0, 2.0], class_weight=cw)
 
 
 def test_autocast_bf16_and_non_contiguous():
@@ -96,7 +140,7 @@ def test_label_out_of_range_and_bad_dtypes_and_nan():
         partial_cross_entropy(logits, labels)
     with pytest.raises(ValueError, match="integer"):
         partial_cross_entropy(logits, labels.float())
-    with pytest.raises(ValueError, match=r"weight must have shape \(K,\)"):
+    with pytest.raises(ValueError, match=r"class_weight must have shape \(K,\)"):
         partial_cross_entropy(logits, labels.clamp(max=3), torch.ones(3))
     bad = logits.clone()
     bad[0, 0, 0, 0] = float("nan")

@@ -103,3 +103,55 @@ def test_autocast_bf16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = size_loss(probs.bfloat16(), lower, upper)
     torch.testing.assert_close(got, want, rtol=5e-2, atol=0)
+
+
+def test_bounds_are_validated_with_the_argument_named():
+    """Issue 16 row 22: negative bounds, lower > upper and fractions are refused."""
+    probs = _probs()
+    lower = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0]])
+    upper = torch.tensor([[10.0, 5.0, 20.0], [20.0, 9.0, 0.0]])
+    size_loss(probs, lower, upper)  # fine
+    neg = lower.clone()
+    neg[1, 0] = -1.0
+    with pytest.raises(ValueError, match=r"lower must be >= 0 \(a pixel count\), got lower\[1, 0"):
+        size_loss(probs, neg, upper)
+    with pytest.raises(ValueError, match=r"upper must be >= 0"):
+        size_loss(probs, lower, -upper)
+    crossed = upper.clone()
+    crossed[0, 1] = 0.0
+    with pytest.raises(
+        ValueError, match=r"lower must be <= upper, got lower\[0, 1\] = 1 > upper\[0, 1\] = 0"
+    ):
+        size_loss(probs, lower + 1.0, crossed)
+    # fractions of the image where pixel counts are expected (P = 20 > K = 3)
+    with pytest.raises(ValueError, match=r"counts \(P = H\*W = 20 here\).*look like fractions"):
+        size_loss(probs, lower / 100, upper / 100)
+    with pytest.raises(ValueError, match="fractions"):
+        SizeLoss(1.0)(probs, torch.zeros(2, 3), torch.ones(2, 3))
+    # integer bounds are pixel counts too
+    size_loss(probs, lower.long(), upper.long())
+
+
+def test_only_probs_get_a_gradient_roi_and_bounds_are_data():
+    logits = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    lower = torch.tensor([[12.0, 0.0, 3.0], [0.0, 5.0, 0.0]], requires_grad=True)
+    upper = torch.tensor([[15.0, 2.0, 6.0], [20.0, 8.0, 1.0]], requires_grad=True)
+    roi = torch.ones(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    loss = size_loss(logits.softmax(1), lower, upper, roi)
+    assert float(loss.detach()) > 0
+    loss.backward()
+    assert logits.grad is not None and bool(logits.grad.abs().sum() > 0)
+    assert lower.grad is None and upper.grad is None and roi.grad is None
+    # nothing of the caller's is changed
+    assert lower.requires_grad and roi.requires_grad
+
+
+def test_bounds_from_tags_names_what_is_wrong_with_num_pixels():
+    """Issue 16 row 20: ``size_bounds_from_tags(..., -5)`` said ``got (2,)``."""
+    tags = torch.tensor([[True, False], [False, True]])
+    with pytest.raises(ValueError, match=r"num_pixels must be a finite pixel count >= 0.*got -5$"):
+        size_bounds_from_tags(tags, -5)
+    with pytest.raises(ValueError, match=r"num_pixels .*got -2$"):
+        size_bounds_from_tags(tags, torch.tensor([4.0, -2.0]))
+    with pytest.raises(ValueError, match=r"num_pixels must be an int or an \(N,\) = \(2,\) tensor"):
+        size_bounds_from_tags(tags, torch.ones(3))

@@ -1,60 +1,120 @@
 r"""Sum of named loss terms, each carrying its own weight, with per-term values for logging.
 
 ``total = Σ_name term(...)``; e.g. pCE + λ_crf·E_crf (Tang et al., ECCV 2018).
+
+Which arguments a term is called with is declared on its class, as
+``inputs = TermInputs.<KIND>`` (:class:`TermInputs`); :class:`CompositeLoss`
+dispatches on that declaration, never on the term's name.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from rloss.losses import _checks
 
-__all__ = ["CompositeLoss"]
+__all__ = ["CompositeLoss", "TermInputs"]
 
-#: Input kinds: what each term is called with.
-LOGITS_LABELS = "logits_labels"  # term(logits, labels)
-IMAGE_PROBS_ROI = "image_probs_roi"  # term(image, probs, roi)
-PROBS_BOUNDS_ROI = "probs_bounds_roi"  # term(probs, lower, upper, roi)
 
-#: Term names recognised for modules that do not declare ``inputs``.
-_KIND_BY_NAME = {
-    "pce": LOGITS_LABELS,
-    "ce": LOGITS_LABELS,
-    "partial_ce": LOGITS_LABELS,
-    "densecrf": IMAGE_PROBS_ROI,
-    "ncut": IMAGE_PROBS_ROI,
-    "size": PROBS_BOUNDS_ROI,
+class _Batch(NamedTuple):
+    """Everything a term may be called with (``probs`` is ``None`` when no term needs it)."""
+
+    logits: Tensor
+    labels: Tensor
+    image: Tensor
+    probs: Tensor | None
+    roi: Tensor | None
+    size_bounds: tuple[Tensor, Tensor] | None
+
+
+class TermInputs(str, enum.Enum):
+    """What a loss term is called with; declare it as the class attribute ``inputs``.
+
+    A ``str`` enum, so a term that still declares the plain string (e.g.
+    ``inputs = "image_probs_roi"``) resolves to the same member.
+
+    - ``LOGITS_LABELS``: ``term(logits, labels)`` (partial cross-entropy);
+    - ``IMAGE_PROBS_ROI``: ``term(image, probs, roi)`` (DenseCRF, normalized cut);
+    - ``PROBS_BOUNDS_ROI``: ``term(probs, lower, upper, roi)`` (size constraint),
+      with ``(lower, upper) = size_bounds``;
+
+    where ``probs = softmax(logits, dim=1)`` in float32, computed once per call.
+
+    Example:
+        >>> from rloss.losses import TermInputs
+        >>> TermInputs("image_probs_roi") is TermInputs.IMAGE_PROBS_ROI
+        True
+        >>> TermInputs.LOGITS_LABELS.needs_probs
+        False
+    """
+
+    LOGITS_LABELS = "logits_labels"
+    IMAGE_PROBS_ROI = "image_probs_roi"
+    PROBS_BOUNDS_ROI = "probs_bounds_roi"
+
+    @property
+    def needs_probs(self) -> bool:
+        """Whether the term takes ``softmax(logits)`` rather than the logits."""
+        return self is not TermInputs.LOGITS_LABELS
+
+    def call(self, name: str, term: nn.Module, batch: _Batch) -> Tensor:
+        """Call ``term`` (registered as ``name``) with the arguments of this kind."""
+        return _CALLS[self](name, term, batch)
+
+
+def _call_size(name: str, term: nn.Module, b: _Batch) -> Tensor:
+    if b.size_bounds is None or len(b.size_bounds) != 2:
+        raise ValueError(
+            f"size_bounds must be a (lower, upper) pair of (N, K) tensors for the "
+            f"size term {name!r}, got {b.size_bounds!r}"
+        )
+    return term(b.probs, b.size_bounds[0], b.size_bounds[1], b.roi)
+
+
+_CALLS = {
+    TermInputs.LOGITS_LABELS: lambda name, term, b: term(b.logits, b.labels),
+    TermInputs.IMAGE_PROBS_ROI: lambda name, term, b: term(b.image, b.probs, b.roi),
+    TermInputs.PROBS_BOUNDS_ROI: _call_size,
 }
 
 
-def _term_kind(name: str, term: nn.Module) -> str:
+def term_inputs(term: object, name: str = "term") -> TermInputs:
+    """The :class:`TermInputs` a module (or module class) declares as ``inputs``.
+
+    Raises:
+        ValueError: naming ``name`` when ``inputs`` is missing or not a known kind.
+    """
     kind = getattr(term, "inputs", None)
-    if kind is None:
-        kind = _KIND_BY_NAME.get(name)
-    if kind not in (LOGITS_LABELS, IMAGE_PROBS_ROI, PROBS_BOUNDS_ROI):
+    try:
+        return TermInputs(kind)
+    except ValueError:
+        cls = term if isinstance(term, type) else type(term)
+        kinds = ", ".join(f"TermInputs.{k.name}" for k in TermInputs)
         raise ValueError(
-            f"terms[{name!r}] ({type(term).__name__}): cannot tell which inputs it takes; "
-            f"give it a class attribute inputs = {LOGITS_LABELS!r} | {IMAGE_PROBS_ROI!r} | "
-            f"{PROBS_BOUNDS_ROI!r}, or name it one of {sorted(_KIND_BY_NAME)}"
-        )
-    return kind
+            f"{name} ({cls.__name__}): cannot tell which inputs it takes (inputs={kind!r}); "
+            f"give its class the attribute inputs = one of {kinds} "
+            "(from rloss.losses import TermInputs)"
+        ) from None
 
 
 class CompositeLoss(nn.Module):
     r"""``total = Σ_name term``: named loss terms summed, each module carrying its own weight.
 
-    Each term is called according to its ``inputs`` class attribute (the rloss
-    losses declare it) or, for other modules, its name:
+    Each term is called according to its class attribute ``inputs``, a
+    :class:`TermInputs` (every rloss loss declares it; a module of your own
+    must too):
 
-    - ``PartialCrossEntropy`` / ``"pce"``: ``term(logits, labels)``;
-    - ``DenseCRFLoss``, ``NormalizedCutLoss`` / ``"densecrf"``, ``"ncut"``:
-      ``term(image, probs, roi)``;
-    - ``SizeLoss`` / ``"size"``: ``term(probs, *size_bounds, roi)``;
+    - ``PartialCrossEntropy``: ``term(logits, labels)``;
+    - ``DenseCRFLoss``, ``NormalizedCutLoss``: ``term(image, probs, roi)``;
+    - ``SizeLoss``: ``term(probs, *size_bounds, roi)``;
 
     where ``probs = softmax(logits, dim=1)`` in float32, computed once.
+    :func:`rloss.losses.build_criterion` builds one from ``{name: parameters}``.
 
     Args:
         terms: name -> loss module, in summation order (names must be valid
@@ -92,7 +152,10 @@ class CompositeLoss(nn.Module):
                     f"terms[{name!r}] must be an nn.Module, got {type(term).__name__}"
                 )
         self.terms = nn.ModuleDict(dict(terms))
-        self.kinds = {name: _term_kind(name, term) for name, term in self.terms.items()}
+        #: name -> :class:`TermInputs` of each term.
+        self.kinds = {
+            name: term_inputs(term, f"terms[{name!r}]") for name, term in self.terms.items()
+        }
 
     def forward(
         self,
@@ -104,24 +167,14 @@ class CompositeLoss(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         logits = _checks.check_float_tensor("logits", logits, 4, "(N, K, H, W)")
         probs = None
-        if any(kind != LOGITS_LABELS for kind in self.kinds.values()):
+        if any(kind.needs_probs for kind in self.kinds.values()):
             with _checks.no_autocast(logits.device):
                 probs = torch.softmax(logits.float(), dim=1)
+        batch = _Batch(logits, labels, image, probs, roi, size_bounds)
         total: Tensor | None = None
         values: dict[str, Tensor] = {}
         for name, term in self.terms.items():
-            kind = self.kinds[name]
-            if kind == LOGITS_LABELS:
-                value = term(logits, labels)
-            elif kind == IMAGE_PROBS_ROI:
-                value = term(image, probs, roi)
-            else:
-                if size_bounds is None or len(size_bounds) != 2:
-                    raise ValueError(
-                        f"size_bounds must be a (lower, upper) pair of (N, K) tensors for the "
-                        f"size term {name!r}, got {size_bounds!r}"
-                    )
-                value = term(probs, size_bounds[0], size_bounds[1], roi)
+            value = self.kinds[name].call(name, term, batch)
             values[name] = value.detach()
             total = value if total is None else total + value
         assert total is not None

@@ -14,6 +14,11 @@ number of pixels of the probability map, i.e. it is the paper's penalty on
 volumes expressed as *fractions of the image*, so a weight of order 1 works at
 any resolution. A weight ``λ_paper`` on the paper's pixel² penalty equals
 ``λ = λ_paper · P²`` here. The loss sums over classes and averages over images.
+
+Units: the bounds ``a``, ``b`` are **pixel counts** (``0 ≤ a ≤ b``), not
+fractions; :func:`size_bounds_from_tags` turns fractions into pixels.
+Gradients: only ``probs`` gets one. ``roi`` and the bounds are data: they are
+detached, so a ``requires_grad`` roi or bound receives no gradient.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import Tensor, nn
 
 from rloss.constants import IGNORE_INDEX
 from rloss.losses import _checks
+from rloss.losses.composite import TermInputs
 
 __all__ = ["SizeLoss", "size_bounds_from_mask", "size_bounds_from_tags", "size_loss"]
 
@@ -45,11 +51,42 @@ def _check_bounds(name: str, b: object, n: int, k: int, probs: Tensor) -> Tensor
             f"got {tuple(b.shape)}"
         )
     _checks.check_same_device(("probs", probs), (name, b))
-    if b.is_floating_point() or b.dtype in (torch.int64, torch.int32):
-        if _checks.host_values(b) and not bool(torch.isfinite(b.float()).all()):
+    if not (b.is_floating_point() or b.dtype in (torch.int64, torch.int32)):
+        raise ValueError(f"{name} must be a float or integer tensor, got dtype {b.dtype}")
+    if _checks.host_values(b):
+        bf = b.detach().double()
+        if not bool(torch.isfinite(bf).all()):
             raise ValueError(f"{name} contains NaN or Inf values")
-        return b
-    raise ValueError(f"{name} must be a float or integer tensor, got dtype {b.dtype}")
+        if bool((bf < 0).any()):
+            i, j = (int(v) for v in (bf < 0).nonzero()[0])
+            raise ValueError(
+                f"{name} must be >= 0 (a pixel count), got {name}[{i}, {j}] = {float(bf[i, j]):g}"
+            )
+    return b.detach()
+
+
+def _check_bounds_pair(lower: Tensor, upper: Tensor, probs: Tensor) -> None:
+    """On host values: ``lower <= upper``, and bounds in pixels rather than fractions."""
+    if not (_checks.host_values(lower) and _checks.host_values(upper)):
+        return
+    lo, hi = lower.double(), upper.double()
+    crossed = lo > hi
+    if bool(crossed.any()):
+        i, j = (int(v) for v in crossed.nonzero()[0])
+        raise ValueError(
+            f"lower must be <= upper, got lower[{i}, {j}] = {float(lo[i, j]):g} > "
+            f"upper[{i}, {j}] = {float(hi[i, j]):g}"
+        )
+    k, p = int(probs.shape[1]), int(probs.shape[2]) * int(probs.shape[3])
+    # The K class volumes sum to the roi area (up to P pixels): bounds that are all
+    # <= 1 on an image with more than K pixels cannot hold; they are fractions.
+    if p > k and float(hi.max()) <= 1.0:
+        raise ValueError(
+            f"lower and upper are pixel counts (P = H*W = {p} here), but every upper bound "
+            f"is <= 1 (max {float(hi.max()):g}): they look like fractions of the image; "
+            "multiply them by the number of pixels, e.g. size_bounds_from_tags(tags, "
+            "num_pixels, lower_fraction=..., upper_fraction=...)"
+        )
 
 
 def size_loss(
@@ -64,21 +101,29 @@ def size_loss(
 
     ``V_nk = Σ_i probs_nki · roi_ni`` is the soft size of class k in image n,
     in pixels; ``a = lower``, ``b = upper`` are in pixels too; ``P = H·W``.
-    Zero when every volume lies within its bounds.
+    Zero when every volume lies within its bounds. Only ``probs`` gets a
+    gradient: ``roi``, ``lower`` and ``upper`` are detached (data).
 
     Reference: Kervadec et al., "Constrained-CNN losses for weakly supervised
     segmentation", MIDL 2018.
 
     Args:
         probs: ``(N, K, H, W)`` float softmax probabilities.
-        lower: ``(N, K)`` lower bounds ``a``, in pixels (0 for none).
-        upper: ``(N, K)`` upper bounds ``b``, in pixels (``H·W`` for none);
-            ``upper = 0`` forces a class absent (image-level tags).
+        lower: ``(N, K)`` lower bounds ``a``, in pixels (0 for none), ``≥ 0``.
+        upper: ``(N, K)`` upper bounds ``b``, in pixels (``H·W`` for none),
+            ``≥ lower``; ``upper = 0`` forces a class absent (image-level tags).
+            Bounds that are all ``≤ 1`` on an image of more than K pixels are
+            rejected as fractions.
         roi: ``(N, H, W)`` region of interest in 0..1, or ``None`` (all ones).
         weight: loss weight ≥ 0.
 
     Returns:
         0-dim tensor, float32 (float64 for float64 ``probs``), ``≥ 0``.
+
+    Raises:
+        ValueError: naming the argument: bad shapes or dtypes, NaN/Inf, a
+            negative bound, ``lower > upper``, bounds that look like fractions
+            (value checks on CPU tensors only, as for every rloss loss).
 
     Example:
         >>> import torch
@@ -95,6 +140,7 @@ def size_loss(
     n, k, h, w = (int(s) for s in probs.shape)
     lower = _check_bounds("lower", lower, n, k, probs)
     upper = _check_bounds("upper", upper, n, k, probs)
+    _check_bounds_pair(lower, upper, probs)
     dtype = _checks.compute_dtype(probs)
     with _checks.no_autocast(probs.device):
         s = probs.to(dtype) * roi_t.detach().to(dtype).unsqueeze(1)
@@ -149,10 +195,15 @@ def size_bounds_from_tags(
     p = torch.as_tensor(num_pixels, device=tags.device).to(torch.float64)
     if p.dim() == 0:
         p = p.expand(n)
-    if tuple(p.shape) != (n,) or bool((p < 0).any()):
+    if tuple(p.shape) != (n,):
         raise ValueError(
-            f"num_pixels must be a non-negative int or an (N,) = ({n},) tensor, "
-            f"got {tuple(p.shape)}"
+            f"num_pixels must be an int or an (N,) = ({n},) tensor (N from tags), "
+            f"got shape {tuple(p.shape)}"
+        )
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
+        bad = p[~torch.isfinite(p) | (p < 0)][0]
+        raise ValueError(
+            f"num_pixels must be a finite pixel count >= 0 (per image), got {float(bad):g}"
         )
     present = tags.to(torch.float64)
     lower = present * (lower_fraction * p).unsqueeze(1)
@@ -223,9 +274,11 @@ class SizeLoss(nn.Module):
         weight: loss weight ≥ 0 (the penalty is on volumes as fractions of
             the image, so a weight of order 1 is sensible).
 
+    Only ``probs`` gets a gradient; ``roi`` and the bounds are detached.
+
     Shape:
         - probs: ``(N, K, H, W)`` float softmax.
-        - lower, upper: ``(N, K)`` bounds in pixels.
+        - lower, upper: ``(N, K)`` bounds in pixels, ``0 ≤ lower ≤ upper``.
         - roi: ``(N, H, W)`` or ``None``.
         - output: scalar.
 
@@ -237,7 +290,8 @@ class SizeLoss(nn.Module):
         >>> loss = SizeLoss(1.0)(torch.randn(2, 3, 16, 16).softmax(1), lower, upper)
     """
 
-    inputs: ClassVar[str] = "probs_bounds_roi"
+    #: How :class:`~rloss.losses.CompositeLoss` feeds this term.
+    inputs: ClassVar[TermInputs] = TermInputs.PROBS_BOUNDS_ROI
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -27,26 +28,88 @@ import yaml
 from rloss._io import atomic_write_text, to_plain
 from rloss.train import models
 
-#: Loss terms a recipe may enable, with their default parameters.
-LOSS_TERMS: dict[str, dict[str, Any]] = {
-    "pce": {"weight": 1.0},
-    "densecrf": {
-        "weight": 2e-9,
-        "sigma_rgb": 15.0,
-        "sigma_xy": 100.0,
-        "scale_factor": 0.5,
-        "normalize": False,
-        "backend": None,
-    },
-    "ncut": {
-        "weight": 0.5,
-        "sigma_rgb": 15.0,
-        "sigma_xy": 100.0,
-        "scale_factor": 0.5,
-        "backend": None,
-    },
-    "size": {"weight": 1e-6, "margin": 0.1},
+#: Recipe-level overrides of the term classes' constructor defaults, each with why.
+#: Everything else a recipe's ``loss.<term>`` starts from is the class's own
+#: default (:func:`rloss.losses.term_defaults`), written once, on the class.
+LOSS_OVERRIDES: dict[str, dict[str, Any]] = {
+    # The paper's recipes (and the rloss reference) compute the pairwise losses
+    # at half the crop resolution (513 -> 257): scale_factor 0.5; the classes
+    # default to 1.0 (no resize), the right default outside a training recipe.
+    "densecrf": {"scale_factor": 0.5},
+    # NormalizedCutLoss has no defaults for weight and bandwidths (they depend
+    # on the data); the recipes start from DenseCRF's bandwidths, at the same
+    # half resolution, with a weight of order 1 (NCut values are O(K)).
+    "ncut": {"weight": 0.5, "sigma_rgb": 15.0, "sigma_xy": 100.0, "scale_factor": 0.5},
+    # Kept from the first recipe table, so that existing recipes and runs keep
+    # their effective value (SizeLoss's docs suggest a weight of order 1).
+    "size": {"weight": 1e-6},
 }
+
+#: Recipe keys of a term that the training loop consumes, not the loss class,
+#: each with the ``(rloss.losses function, parameter)`` whose default it takes:
+#: ``size.margin`` is the relative margin of the bounds computed from the
+#: ground-truth mask by :func:`rloss.losses.size_bounds_from_mask`.
+LOSS_TRAINING_KEYS: dict[str, dict[str, tuple[str, str]]] = {
+    "size": {"margin": ("size_bounds_from_mask", "margin")},
+}
+
+#: Constructor parameters that are no recipe key: the datasets mark unlabelled
+#: pixels with ``rloss.constants.IGNORE_INDEX``; class weights were never a
+#: recipe key, and adding one would change the resolved ``config.yaml`` of every
+#: existing run (resume compares it).
+_NOT_RECIPE_KEYS: dict[str, tuple[str, ...]] = {"pce": ("class_weight", "ignore_index")}
+
+
+def _recipe_scalar(value: object) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+class _LossTerms(Mapping[str, dict[str, Any]]):
+    """Term name -> default parameters, for every term of :data:`rloss.losses.TERMS`.
+
+    Derived on access (a term registered with :func:`rloss.losses.register_term`
+    is a recipe term too): the class's constructor defaults, then
+    :data:`LOSS_OVERRIDES`, then the training keys (:data:`LOSS_TRAINING_KEYS`).
+    ``rloss.losses`` is imported on first use, keeping this module light.
+    """
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        from rloss import losses
+
+        if name not in losses.TERMS:
+            raise KeyError(name)
+        skip = _NOT_RECIPE_KEYS.get(name, ())
+        params = {
+            k: v
+            for k, v in losses.term_defaults(name).items()
+            if k not in skip and _recipe_scalar(v)
+        }
+        params.update(copy.deepcopy(LOSS_OVERRIDES.get(name, {})))
+        order = list(inspect.signature(losses.TERMS[name]).parameters)
+        params = dict(sorted(params.items(), key=lambda kv: order.index(kv[0])))
+        for key, (func, param) in LOSS_TRAINING_KEYS.get(name, {}).items():
+            params[key] = inspect.signature(getattr(losses, func)).parameters[param].default
+        return params
+
+    def __iter__(self):  # type: ignore[override]
+        from rloss import losses
+
+        return iter(list(losses.TERMS))
+
+    def __len__(self) -> int:
+        from rloss import losses
+
+        return len(losses.TERMS)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+#: Loss terms a recipe may enable, with their default parameters (derived; see
+#: :class:`_LossTerms`). E.g. ``LOSS_TERMS["densecrf"]`` is ``{"weight": 2e-9,
+#: "sigma_rgb": 15.0, "sigma_xy": 100.0, "scale_factor": 0.5, "normalize": False,
+#: "backend": None}``.
+LOSS_TERMS: Mapping[str, dict[str, Any]] = _LossTerms()
 
 DATA_KINDS = ("voc_scribble", "folder", "synthetic")
 SUPERVISION = ("scribble", "full")

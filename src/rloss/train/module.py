@@ -27,10 +27,11 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from rloss import losses
 from rloss.constants import IGNORE_INDEX
 from rloss.losses import size_bounds_from_mask
 from rloss.train.checkpoint import to_plain
-from rloss.train.config import OptimSpec, Recipe
+from rloss.train.config import LOSS_TRAINING_KEYS, OptimSpec, Recipe
 from rloss.train.metrics import ConfusionMatrix, iou_from_confusion, summarize
 from rloss.train.models import MSC, build_model, head_parameters
 
@@ -45,58 +46,28 @@ __all__ = [
 
 
 def build_criterion(loss: Mapping[str, Mapping[str, Any]]) -> nn.Module:
-    """Build a :class:`rloss.losses.CompositeLoss` from a recipe's ``loss`` section.
+    """:func:`rloss.losses.build_criterion` for a recipe's ``loss`` section.
+
+    The one thing it adds: the keys the training loop consumes itself
+    (:data:`rloss.train.config.LOSS_TRAINING_KEYS`, e.g. ``size.margin``) are
+    not passed to the loss classes. For a criterion outside a recipe, call
+    :func:`rloss.losses.build_criterion` directly.
 
     Args:
-        loss: term name (``pce``, ``densecrf``, ``ncut``, ``size``) → parameters
-            (``weight`` and the loss's own keyword arguments); ``size`` also takes
-            ``margin`` (bounds from the ground-truth mask).
+        loss: term name (a key of :data:`rloss.losses.TERMS`) → parameters.
 
     Returns:
         The composite loss; its forward is
         ``(logits, labels, image, roi, size_bounds) -> (total, {name: value})``.
     """
-    from rloss.losses import (
-        CompositeLoss,
-        DenseCRFLoss,
-        NormalizedCutLoss,
-        PartialCrossEntropy,
-        SizeLoss,
+    return losses.build_criterion(
+        {
+            name: None
+            if params is None
+            else {k: v for k, v in params.items() if k not in LOSS_TRAINING_KEYS.get(name, {})}
+            for name, params in loss.items()
+        }
     )
-
-    terms: dict[str, nn.Module] = {}
-    for name, params in loss.items():
-        p = dict(params)
-        if name == "pce":
-            weight = float(p.pop("weight", 1.0))
-            term: nn.Module = PartialCrossEntropy()
-            if weight != 1.0:
-                term = _Scaled(term, weight)
-        elif name == "densecrf":
-            term = DenseCRFLoss(**p)
-        elif name == "ncut":
-            term = NormalizedCutLoss(**p)
-        elif name == "size":
-            p.pop("margin", None)
-            term = SizeLoss(**p)
-        else:
-            raise ValueError(f"loss: unknown term {name!r}")
-        terms[name] = term
-    return CompositeLoss(terms)
-
-
-class _Scaled(nn.Module):
-    """``weight · term(*args)`` for a term without its own weight (pCE)."""
-
-    inputs = "logits_labels"
-
-    def __init__(self, term: nn.Module, weight: float) -> None:
-        super().__init__()
-        self.term = term
-        self.weight = float(weight)
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return self.weight * self.term(*args)
 
 
 def poly_factor(step: int, total: int, power: float) -> float:
