@@ -14,10 +14,7 @@ import torch
 
 #: Modules whose docstring examples are not run yet, each with the reason
 #: (owned by another part of the project; remove the entry once fixed).
-collect_ignore: list[str] = [
-    # gap_closed's example expects 0.5000000000000001; Python computes 0.5.
-    "rloss/demo/report.py",
-]
+collect_ignore: list[str] = []
 
 #: What a deprecated alias module does: it replaces itself in ``sys.modules`` by
 #: the module it names (``rloss.data.synth`` -> ``rloss.data.scribble_synthesis``).

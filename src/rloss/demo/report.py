@@ -54,8 +54,8 @@ def gap_closed(a: float | None, b: float | None, c: float | None) -> float | Non
     """``(b − a) / (c − a)``: the share of the weak→full gap closed; ``None`` if undefined.
 
     Example:
-        >>> gap_closed(0.5, 0.6, 0.7)
-        0.5000000000000001
+        >>> round(gap_closed(0.5, 0.6, 0.7), 6)
+        0.5
         >>> gap_closed(0.5, 0.6, 0.5) is None
         True
     """
