@@ -58,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     voc.add_argument("--no-progress", action="store_true", help="hide progress bars")
     voc.set_defaults(func=_cmd_voc)
 
+    from rloss.data.acdc_cli import add_parser as add_acdc  # rloss data acdc
+
+    add_acdc(data_sub)
+
     syn = data_sub.add_parser(
         "synthetic", help="generate the built-in demo dataset (no download)",
         description="Write the generated demo dataset (textured shapes, exact masks, "

@@ -81,7 +81,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint", required=True, help="RUN/model.pt or RUN/checkpoints/*.ckpt")
     p.add_argument("--data", help="data root to evaluate on (default: the recipe's)")
     p.add_argument(
-        "--kind", choices=("voc_scribble", "folder", "synthetic"), help="data kind of --data"
+        "--kind", choices=("voc_scribble", "folder", "synthetic", "acdc"),
+        help="data kind of --data (acdc: per-volume 3-D Dice/HD95, rloss.train.volume_eval)",
     )
     p.add_argument("--split", help="val split name (default: the recipe's data.val_split)")
     p.add_argument("--scales", type=_scales, default=[1.0], help="test scales, e.g. 1,0.75,1.25")
@@ -93,6 +94,7 @@ def register(subparsers: Any) -> None:
         "--out", help="metrics JSON (default: next to the checkpoint, eval_metrics.json)"
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (acdc)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
@@ -154,6 +156,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.kind == "acdc":  # acdc dispatch: per-volume Dice/HD95
+        from rloss.train.volume_eval import run_cli
+
+        return run_cli(args)
     from rloss.train.api import evaluate, format_iou_table
 
     data: dict[str, Any] = {}

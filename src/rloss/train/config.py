@@ -70,6 +70,12 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 12,
         "val_batch_size": 1,
         "num_workers": 4,
+        # acdc: data.kind acdc (rloss.data.acdc); patients as ranges, null = fold 1
+        "train_patients": None,
+        "val_patients": None,
+        "test_patients": None,
+        "intensity_scale": None,
+        "rotate": None,
         "synthetic": {
             "num_train": 32,
             "num_val": 8,
@@ -117,7 +123,7 @@ _FREE_FORM = {("model", "kwargs"), ("eval", "crf")}
 #: Keys whose value is a list or null (not checked key by key).
 _LISTS = {("classes",)}
 
-DATA_KINDS = ("voc_scribble", "folder", "synthetic")
+DATA_KINDS = ("voc_scribble", "folder", "synthetic", "acdc")  # acdc: rloss.data.acdc
 SUPERVISION = ("scribble", "full")
 SCHEDULES = ("poly", "constant")
 OPTIMIZERS = ("sgd", "adamw")

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 #: Architectures written in this module (not shipped by smp).
-OWN_ARCHS: tuple[str, ...] = ("deeplab_largefov", "deeplabv2")
+#: Architectures written in this package (unet2d: rloss.train.unet).
+OWN_ARCHS: tuple[str, ...] = ("deeplab_largefov", "deeplabv2", "unet2d")
 
 #: Default MSC scales of DeepLab (Chen et al.).
 MSC_SCALES: tuple[float, ...] = (1.0, 0.75, 0.5)
@@ -423,6 +424,10 @@ def build_model(spec: Mapping[str, Any], num_classes: int | None = None) -> nn.M
         net: nn.Module = DeepLabLargeFOV(k, weights)
     elif arch == "deeplabv2":
         net = DeepLabV2(k, weights)
+    elif arch == "unet2d":  # small UNet (rloss.train.unet); kwargs: in_channels, channels
+        from rloss.train.unet import UNet
+
+        net = UNet(k, **dict(spec.get("kwargs") or {}))
     elif arch in smp_archs():
         encoder = str(spec.get("encoder", "mobilenet_v2"))
         if not encoder.startswith("tu-") and encoder not in smp_encoders():
