@@ -55,6 +55,7 @@ __all__ = [
     "parse_patients",
     "scan",
     "select_patients",
+    "write_h5",
 ]
 
 #: Class names, index = label value.
@@ -349,6 +350,26 @@ def check_root(root: str | Path, *, progress: bool = False) -> AcdcReport:
     report.volume_frames = len(volumes)
     report.slice_files = len(slices)
     return report
+
+
+def write_h5(path: str | Path, image: np.ndarray, label: np.ndarray,
+             scribble: np.ndarray) -> Path:
+    """Write one slice ``(H, W)`` or volume ``(D, H, W)`` in the WSL4MIS format, atomically.
+
+    ``image`` float32 in [0, 1], ``label`` uint8 0..3, ``scribble`` uint16 0..4 (4 =
+    unlabelled), gzip-compressed, as the published files. Useful to bring other data
+    into the layout (and for tests).
+    """
+    from rloss.data.io import atomic_path
+
+    h5py = _h5py()
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as fh:
+            fh.create_dataset("image", data=np.asarray(image, np.float32), compression="gzip")
+            fh.create_dataset("label", data=np.asarray(label, np.uint8), compression="gzip")
+            fh.create_dataset("scribble", data=np.asarray(scribble, np.uint16),
+                              compression="gzip")
+    return Path(path)
 
 
 # -------------------------------------------------------------------- geometry
