@@ -155,3 +155,12 @@ def test_eval_command_writes_json_and_refuses_overwrite(tmp_path, capsys):
                  "--checkpoint", str(ckpt), "--no-progress", "--device", "cpu"]
     assert main(test_args) == 2
     assert "data.test_patients: none of the patients 1-20" in capsys.readouterr().err
+
+
+def test_largest_component_removes_distant_false_positives():
+    lab = _volume()
+    pred = lab.copy()
+    pred[:, 0:2, 0:2] = 1  # a far-away blob of RV: a false positive component
+    kept = ve.largest_component(pred)
+    assert np.array_equal(kept, lab)
+    assert ve.dice(pred == 1, lab == 1) < 1.0 == ve.dice(kept == 1, lab == 1)

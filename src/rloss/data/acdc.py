@@ -154,7 +154,7 @@ def select_patients(
         warnings.warn(
             f"{what}: {len(missing)} listed patient(s) absent from the folder, skipped: "
             f"{_ranges(missing)}",
-            stacklevel=2,
+            stacklevel=4,  # the dataset's caller
         )
     return present
 
@@ -374,8 +374,7 @@ def write_h5(path: str | Path, image: np.ndarray, label: np.ndarray,
 
 # -------------------------------------------------------------------- geometry
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``(C, H, W)`` or ``(N, C, H, W)`` float to ``size``, clamped to [0, 1]
-    range of the input."""
+    """Bilinear resize of a ``(C, H, W)`` or ``(N, C, H, W)`` float image to ``size``."""
     batched = image.dim() == 4
     x = image if batched else image[None]
     if tuple(x.shape[-2:]) != tuple(size):

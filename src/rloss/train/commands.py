@@ -95,6 +95,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (acdc)")
+    p.add_argument("--largest-component", action="store_true",
+                   help="acdc: keep each class's largest 3-D connected component")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
