@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     voc.add_argument("--no-progress", action="store_true", help="hide progress bars")
     voc.set_defaults(func=_cmd_voc)
 
+    from rloss.commands.acdc import add_parser as add_acdc  # rloss data acdc
+
+    add_acdc(data_sub)
+
     syn = add_command(data_sub,
         "synthetic", help="generate the built-in demo dataset (no download)",
         description="Write the generated demo dataset (textured shapes, exact masks, "

@@ -108,7 +108,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint", required=True, help="RUN/model.pt or RUN/checkpoints/*.ckpt")
     p.add_argument("--data", help="data root to evaluate on (unset: the recipe's)")
     p.add_argument(
-        "--kind", choices=("voc_scribble", "folder", "synthetic"), help="data kind of --data"
+        "--kind",
+        choices=("voc_scribble", "folder", "synthetic", "acdc"),
+        help="data kind of --data (acdc: per-volume 3-D Dice and HD95 on the WSL4MIS volumes)",
     )
     p.add_argument("--split", help="val split name (unset: the recipe's data.val_split)")
     p.add_argument("--scales", type=_scales, default=[1.0], help="test scales, e.g. 1,0.75,1.25")
@@ -120,6 +122,11 @@ def register(subparsers: Any) -> None:
         "--out", help="metrics JSON (unset: eval_metrics.json next to the checkpoint)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument(
+        "--largest-component",
+        action="store_true",
+        help="acdc: keep each class's largest 3-D connected component",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1... (unset: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_eval)
@@ -276,6 +283,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     device = check_device(args.device)
     from rloss.data.io import DataError
+
+    if args.kind == "acdc":  # per-volume 3-D Dice / HD95 (rloss.train.volume_eval)
+        from rloss.train.volume_eval import evaluate_checkpoint, format_table
+
+        try:
+            metrics = evaluate_checkpoint(
+                str(checkpoint),
+                args.data,
+                split=args.split or "val",
+                out=out,
+                overwrite=True,  # checked above
+                device=device,
+                progress=not args.no_progress,
+                largest=args.largest_component,
+            )
+        except (FileNotFoundError, ValueError, RuntimeError, DataError) as err:
+            raise _cli_error(err) from err
+        print(format_table(metrics))
+        print(f"metrics written to {out}")
+        return 0
     from rloss.train.api import evaluate, format_iou_table
 
     try:

@@ -111,7 +111,7 @@ class _LossTerms(Mapping[str, dict[str, Any]]):
 #: "backend": None}``.
 LOSS_TERMS: Mapping[str, dict[str, Any]] = _LossTerms()
 
-DATA_KINDS = ("voc_scribble", "folder", "synthetic")
+DATA_KINDS = ("voc_scribble", "folder", "synthetic", "acdc")
 SUPERVISION = ("scribble", "full")
 SCHEDULES = ("poly", "constant")
 OPTIMIZERS = ("sgd", "adamw")
@@ -163,6 +163,17 @@ POSITIVE_INT_OR_NULL = Check(
 NON_NEGATIVE_INT = Check("a non-negative int", lambda v: _is_int(v) and v >= 0)
 INT = Check("an int", _is_int)
 BOOL = Check("true or false", lambda v: isinstance(v, bool))
+POSITIVE_OR_NULL = Check("a positive number or null", lambda v: v is None or (_is_num(v) and v > 0))
+PROBABILITY_OR_NULL = Check(
+    "a probability in [0, 1] or null", lambda v: v is None or (_is_num(v) and 0 <= v <= 1)
+)
+PATIENTS = Check(
+    "null, a patient number, a range string such as '21-60,71-100' or a list of them",
+    lambda v: v is None
+    or _is_int(v)
+    or isinstance(v, str)
+    or (isinstance(v, (list, tuple)) and all(_is_int(x) or isinstance(x, str) for x in v)),
+)
 STR = Check("a string", lambda v: isinstance(v, str))
 STR_OR_NULL = Check("a string or null", lambda v: v is None or isinstance(v, str))
 MAPPING_OR_NULL = Check("a mapping or null", lambda v: v is None or isinstance(v, Mapping))
@@ -294,6 +305,15 @@ class DataSpec:
     val_batch_size: int = field(default=1, metadata=_m(POSITIVE_INT))
     num_workers: int = field(default=4, metadata=_m(NON_NEGATIVE_INT))
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    # kind acdc (rloss.data.acdc): patients as ranges such as "21-60,71-100" (null = the
+    # published fold 1: test 1-20, val 61-70, train the rest); image_raw = image x
+    # intensity_scale (null = 255, the losses' 0..255 colour convention); rotate = the
+    # probability of a small random rotation (null = the dataset's default)
+    train_patients: Any = field(default=None, metadata=_m(PATIENTS))
+    val_patients: Any = field(default=None, metadata=_m(PATIENTS))
+    test_patients: Any = field(default=None, metadata=_m(PATIENTS))
+    intensity_scale: float | None = field(default=None, metadata=_m(POSITIVE_OR_NULL))
+    rotate: float | None = field(default=None, metadata=_m(PROBABILITY_OR_NULL))
 
     @property
     def target_key(self) -> str:

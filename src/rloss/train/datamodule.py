@@ -99,6 +99,10 @@ def build_dataset(data: Mapping[str, Any] | DataSpec, split: str) -> Dataset:
     else:
         transform = EvalTransform()
     kind = data["kind"]
+    if kind == "acdc":  # acdc dispatch (rloss.data.acdc)
+        from rloss.data.acdc import build_acdc_dataset
+
+        return build_acdc_dataset(data, split)
     if kind == "synthetic":
         syn = data.get("synthetic") or {}
         return SyntheticScenes(

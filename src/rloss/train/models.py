@@ -54,8 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rloss.train.unet import UNet
+
 #: Architectures written in this module (not shipped by smp).
-OWN_ARCHS: tuple[str, ...] = ("deeplab_largefov", "deeplabv2", "deeplabv2_vgg16")
+#: (unet2d: the small 1-channel UNet of rloss.train.unet, for the medical recipes)
+OWN_ARCHS: tuple[str, ...] = ("deeplab_largefov", "deeplabv2", "deeplabv2_vgg16", "unet2d")
 
 #: Default MSC scales of DeepLab (Chen et al.).
 MSC_SCALES: tuple[float, ...] = (1.0, 0.75, 0.5)
@@ -597,6 +600,8 @@ register_model(
     lambda spec, k: DeepLabV2VGG16(k, spec.get("encoder_weights")),
     weights="torchvision vgg16 IMAGENET1K_V1",
 )
+# the small UNet trained from scratch in the medical recipes; kwargs: in_channels, channels
+register_model("unet2d", lambda spec, k: UNet(k, **dict(spec.get("kwargs") or {})))
 
 
 def build_model(spec: Mapping[str, Any], num_classes: int | None = None) -> nn.Module:
