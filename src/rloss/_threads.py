@@ -89,7 +89,7 @@ def set_threads(n: int) -> None:
 
 @contextlib.contextmanager
 def threads(n: int | None) -> Iterator[None]:
-    """Run the block with torch and numba on ``n`` threads, restoring both after (``None``: as is)."""
+    """Run the block with torch and numba on ``n`` threads, then restore both (None: as is)."""
     if n is None:
         yield
         return

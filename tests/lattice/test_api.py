@@ -266,8 +266,20 @@ def test_lattice_is_reusable(backend, device):
     assert torch.equal(lat.filter(values), first)
 
 
+def test_exact_module_is_a_deprecated_alias():
+    import importlib
+    import sys
+
+    import rloss.lattice as lattice
+
+    sys.modules.pop("rloss.lattice.exact", None)
+    with pytest.warns(DeprecationWarning, match="rloss.lattice.exact is deprecated"):
+        old = importlib.import_module("rloss.lattice.exact")
+    assert old.exact_filter is lattice.exact_filter
+
+
 def test_exact_filter_validates_shapes():
-    from rloss.lattice.exact import exact_filter
+    from rloss.lattice import exact_filter
 
     with pytest.raises(ValueError, match=r"\(1, 12, 5\).*\(1, 2, 13\)"):
         exact_filter(torch.zeros(1, 12, 5), torch.zeros(1, 2, 13))

@@ -42,29 +42,57 @@ CHECKS_FINITE = True
 MAX_COORD = 2.0**30
 
 _log = logging.getLogger("rloss.lattice")
-_noticed = False
 
 
-def _compile_notice() -> None:
-    """Say once per process, before the first kernel call, if the kernels must be compiled.
+def kernels_cached() -> bool:
+    """Whether numba's on-disk cache holds the kernels (reads one small index file).
 
-    Numba keeps compiled kernels on disk (``cache=True``); with an empty or
-    stale cache the first call compiles for about a minute with no other sign
-    of life. The check reads one small index file (no compilation).
+    Checked on the fused kernel, the last one compiled when the cache is filled
+    by a loss call; a stale index (the sources changed) counts as empty. On an
+    unknown numba layout this says "cached" rather than guess.
     """
-    global _noticed
-    if _noticed:
-        return
-    _noticed = True
     try:
-        cached = bool(Q.quadratic_fused._cache._cache_file._load_index())
+        return bool(Q.quadratic_fused._cache._cache_file._load_index())
     except Exception:  # numba internals changed: say nothing rather than fail
-        return
-    if not cached:
-        _log.warning(
-            "rloss: compiling the CPU lattice kernels (first run only, about a minute; "
-            "later runs load them from numba's cache)"
-        )
+        return True
+
+
+class CompileNotice:
+    """Say once, before the first kernel call, that the kernels are being compiled.
+
+    Numba keeps compiled kernels on disk (``cache=True``); with an empty or stale
+    cache the first lattice compiles for about a minute with no other sign of
+    life. One instance per process (:data:`COMPILE_NOTICE`) gives the notice at
+    most once, as a warning on the ``rloss.lattice`` logger (stderr unless
+    logging is configured otherwise).
+
+    Args:
+        probe: returns whether the kernels are cached (default :func:`kernels_cached`).
+    """
+
+    MESSAGE = (
+        "rloss: compiling the CPU lattice kernels (first run only, about a minute; "
+        "later runs load them from numba's cache)"
+    )
+
+    def __init__(self, probe=kernels_cached) -> None:
+        self.probe = probe
+        self.checked = False
+
+    def check(self) -> bool:
+        """Give the notice if this is the first check and the kernels are not cached;
+        returns whether it was given."""
+        if self.checked:
+            return False
+        self.checked = True
+        if self.probe():
+            return False
+        _log.warning(self.MESSAGE)
+        return True
+
+
+#: The process's notice (checked when the first numba lattice is made).
+COMPILE_NOTICE = CompileNotice()
 
 
 class NumbaLattice:
@@ -83,7 +111,7 @@ class NumbaLattice:
     """
 
     def __init__(self, features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> None:
-        _compile_notice()
+        COMPILE_NOTICE.check()
         f = features.numpy()
         n_img, npix, d = f.shape
         dp1 = d + 1
