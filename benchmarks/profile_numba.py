@@ -120,7 +120,6 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
 
     # filter stages
     v = vals.numpy()
-    dp1 = lat.dim + 1
     # row V is the zero row that stands in for missing blur neighbours (uninitialised
     # memory there can hold denormals or NaNs, which would slow the blur down)
     lat_a = np.zeros((lat.num_vertices + 1, k + 1), np.float32)
