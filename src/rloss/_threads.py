@@ -95,10 +95,12 @@ def threads(n: int | None) -> Iterator[None]:
         return
     if int(n) < 1:
         raise ValueError(f"threads: want an integer >= 1 or None, got {n}")
-    saved = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        with numba_threads(int(n)):
+    # numba first: launching its thread pool (on first use) can reset the OpenMP
+    # thread count torch reads, so torch's count is set after, and restored first
+    with numba_threads(int(n)):
+        saved = torch.get_num_threads()
+        torch.set_num_threads(int(n))
+        try:
             yield
-    finally:
-        torch.set_num_threads(saved)
+        finally:
+            torch.set_num_threads(saved)
