@@ -7,7 +7,7 @@ case N=12, K=21, 256², sigma_rgb=15, sigma_xy=50), the CPU time
 * the lattice build, by phase (embedding + task-local hashing, merge, offsets,
   blur neighbours, splat reduction lists);
 * one filter of K+1 channels, by stage (splat, blur, slice);
-* ``Lattice.potts`` (build included) fused image by image, as the loss runs it,
+* ``Lattice.quadratic_form`` (build included) fused image by image, as the loss runs it,
   and on the batch lattice;
 * DenseCRFLoss forward + backward, and the torch operators around the lattice
   (``torch.profiler``, self CPU time);
@@ -72,6 +72,8 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     import torch
 
     from rloss.lattice import _numba, bilateral_features
+    from rloss.lattice._numba import _build
+    from rloss.lattice._numba import _filter as F
     from rloss.losses import DenseCRFLoss
 
     # run.py sits next to this script (the script's folder is on sys.path)
@@ -86,7 +88,7 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     vals = torch.cat([probs, torch.ones(n, 1, h, w)], 1).reshape(n, k + 1, -1).contiguous()
 
     # build phases, timed in CPU time
-    real_time = _numba.time
+    real_time = _build.time
     phases: dict[str, list[float]] = {}
 
     class _CpuClock:
@@ -95,10 +97,10 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     def full_build():
         """The batch lattice (built lazily: Potts on one block per image never needs it)."""
         lattice = _numba.build(flat)
-        lattice._ensure_built()
+        lattice.arrays  # noqa: B018 - builds
         return lattice
 
-    _numba.time = _CpuClock  # type: ignore[assignment]
+    _build.time = _CpuClock  # type: ignore[assignment]
     try:
         lat = full_build()
         for _ in range(repeats):
@@ -106,7 +108,7 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
             for key, sec in lat.build_seconds.items():
                 phases.setdefault(key, []).append(1e3 * sec)
     finally:
-        _numba.time = real_time
+        _build.time = real_time
     print(
         f"case N={n} K={k} {h}x{w}: {lat.num_vertices} vertices, {lat.nblk} block(s)/image, "
         f"{'packed' if lat.packed else 'full'} keys"
@@ -118,7 +120,6 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
 
     # filter stages
     v = vals.numpy()
-    dp1 = lat.dim + 1
     # row V is the zero row that stands in for missing blur neighbours (uninitialised
     # memory there can hold denormals or NaNs, which would slow the blur down)
     lat_a = np.zeros((lat.num_vertices + 1, k + 1), np.float32)
@@ -126,26 +127,25 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     out = np.empty_like(v)
     cpu, wall = _cpu_median(lambda: lat.apply(vals), repeats)
     print(f"filter of K+1={k + 1} channels: CPU {cpu:.1f} ms (wall {wall:.1f})")
+    arrays = lat.arrays
     if lat.direct:
-        splat = lambda: _numba._splat(v, dp1, lat.nblk, lat.loc, lat.bary, lat.loff, lat_a)  # noqa: E731
+        splat = lambda: F.splat(v, arrays, lat_a)  # noqa: E731
     else:
-        buf = np.empty((lat.num_slots, k + 1), np.float32)
+        buf = np.empty((lat.info.num_slots, k + 1), np.float32)
 
         def splat():
-            _numba._splat(v, dp1, lat.nblk, lat.loc, lat.bary, lat.loff, buf)
-            _numba._reduce(buf, lat.ptr, lat.idx, lat_a)
+            F.splat(v, arrays, buf)
+            F.reduce_slots(buf, arrays.ptr, arrays.idx, lat_a)
 
     stages = {
         "splat": splat,
-        "blur": lambda: _numba._blur(lat_a, lat_b, lat.nbr, np.float32(0.5)),
-        "slice": lambda: _numba._slice(
-            lat_a, dp1, lat.nblk, lat.vid, lat.obase, lat.bary, lat.alpha, out
-        ),
+        "blur": lambda: F.blur(lat_a, lat_b, arrays.nbr, np.float32(0.5)),
+        "slice": lambda: F.slice_values(lat_a, arrays, lat.alpha, out),
     }
     for name, fn in stages.items():
         print(f"  {name:<11} CPU {_cpu_median(fn, repeats)[0]:7.1f} ms")
 
-    # Lattice.potts: fused per image (the loss's path when blocks == 1) vs batch lattice
+    # Lattice.quadratic_form: fused per image (the loss's path when blocks == 1) vs batch lattice
     from rloss.lattice import Lattice
 
     roi = torch.ones(n, h, w)
@@ -153,12 +153,12 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     def potts(prebuilt: bool):
         lattice = Lattice(feats, backend="numba")
         if prebuilt:
-            lattice._impl._ensure_built()
-        return lattice.potts(probs, roi, grad_scale=1.0 / n)
+            lattice._impl.arrays  # noqa: B018 - builds
+        return lattice.quadratic_form(probs, roi, grad_scale=1.0 / n)
 
     for label, prebuilt in (("per image (fused)", False), ("batch lattice", True)):
         cpu, wall = _cpu_median(lambda prebuilt=prebuilt: potts(prebuilt), repeats)
-        print(f"Lattice + potts, {label}: CPU {cpu:.1f} ms (wall {wall:.1f})")
+        print(f"Lattice + quadratic_form, {label}: CPU {cpu:.1f} ms (wall {wall:.1f})")
 
     # the loss, and the torch operators around the lattice
     loss_fn = DenseCRFLoss(weight=2e-9, sigma_rgb=SIGMA_RGB, sigma_xy=SIGMA_XY, backend="numba")

@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from rloss.crf import DenseCRF, dense_crf
+from rloss.meanfield import MeanFieldCRF, meanfield_refine
 
 
 def _importable(name: str) -> bool:
@@ -43,7 +43,7 @@ def _toy(h=20, w=24, k=3, seed=0):
 def test_crf_improves_agreement_with_ground_truth(backend):
     image, probs, gt = _toy()
     before = float((probs.argmax(1) == gt).float().mean())
-    q = dense_crf(image, probs, num_iterations=8, sigma_xy=10.0, backend=backend)
+    q = meanfield_refine(image, probs, num_iterations=8, sigma_xy=10.0, backend=backend)
     after = float((q.argmax(1) == gt).float().mean())
     assert before < 0.85
     assert after > before + 0.1 and after > 0.95
@@ -52,17 +52,31 @@ def test_crf_improves_agreement_with_ground_truth(backend):
 
 def test_zero_iterations_is_identity_and_module_equals_function():
     image, probs, _ = _toy()
-    torch.testing.assert_close(dense_crf(image, probs, num_iterations=0), probs)
-    module = DenseCRF(num_iterations=3, sigma_xy=10.0, backend="exact")
-    want = dense_crf(image, probs, num_iterations=3, sigma_xy=10.0, backend="exact")
+    torch.testing.assert_close(meanfield_refine(image, probs, num_iterations=0), probs)
+    module = MeanFieldCRF(num_iterations=3, sigma_xy=10.0, backend="exact")
+    want = meanfield_refine(image, probs, num_iterations=3, sigma_xy=10.0, backend="exact")
     torch.testing.assert_close(module(image, probs), want)
 
 
 def test_bad_input():
     image, probs, _ = _toy()
     with pytest.raises(ValueError, match="num_iterations"):
-        dense_crf(image, probs, num_iterations=-1)
+        meanfield_refine(image, probs, num_iterations=-1)
     with pytest.raises(ValueError, match="probs must sum to 1"):
-        dense_crf(image, probs * 0.5)
+        meanfield_refine(image, probs * 0.5)
     with pytest.raises(ValueError, match="image must have shape"):
-        dense_crf(image[:, :, :10], probs)
+        meanfield_refine(image[:, :, :10], probs)
+
+
+def test_old_crf_names_are_deprecated_aliases():
+    import rloss.crf as old
+
+    image = torch.rand(1, 3, 8, 8) * 255
+    probs = torch.randn(1, 2, 8, 8).softmax(1)
+    with pytest.warns(DeprecationWarning, match="meanfield_refine"):
+        q = old.dense_crf(image, probs, num_iterations=2)
+    assert torch.equal(q, meanfield_refine(image, probs, num_iterations=2))
+    with pytest.warns(DeprecationWarning, match="MeanFieldCRF"):
+        module = old.DenseCRF(num_iterations=2)
+    assert isinstance(module, MeanFieldCRF)
+    assert torch.equal(module(image, probs), q)

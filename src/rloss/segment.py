@@ -269,14 +269,16 @@ class PottsOnImage:
 
     def __call__(self, probs: Any) -> Any:
         """Weighted energy of ``probs`` ``(1, K, h, w)`` (softmax), differentiable in ``probs``."""
-        from rloss.losses.densecrf import lattice_energy
+        from rloss.losses import densecrf_loss
 
         if tuple(probs.shape[2:]) != self.shape or probs.shape[0] != 1:
             raise ValueError(
                 f"probs: want shape (1, K, {self.shape[0]}, {self.shape[1]}), "
                 f"got {tuple(probs.shape)}"
             )
-        return lattice_energy(self.lattice, probs, normalize=self.normalize, weight=self.weight)
+        return densecrf_loss(
+            None, probs, weight=self.weight, normalize=self.normalize, lattice=self.lattice
+        )
 
 
 class _TinyNet:
@@ -358,6 +360,8 @@ def segment_image(
     """
     import torch
 
+    from rloss import _threads
+
     if method not in _METHODS:
         raise ValueError(f"method: want one of {_METHODS}, got {method!r}")
     if int(steps) < 1:
@@ -385,12 +389,7 @@ def segment_image(
             f"short side of this {img.shape[2]}x{img.shape[1]} image; want scale >= "
             f"{min(1.0, (MIN_GRID_SIDE - 0.5) / short):.3g}"
         )
-    saved_threads = torch.get_num_threads()
-    saved_numba = _numba_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-        _numba_threads(int(threads))
-    try:
+    with _threads.threads(threads):
         labels_t, probs, values = _optimise(
             img,
             scr,
@@ -407,25 +406,10 @@ def segment_image(
             backend=backend,
             progress=progress,
         )
-    finally:
-        torch.set_num_threads(saved_threads)
-        if saved_numba is not None:
-            _numba_threads(saved_numba)
     out: Any = labels_t if isinstance(scribbles, torch.Tensor) else labels_t.numpy()
     if return_probs:
         return out, probs, values
     return out
-
-
-def _numba_threads(n: int | None = None) -> int | None:
-    """Numba's thread count (the CPU lattice runs on it); set it to ``n`` (capped) if given."""
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a core dependency
-        return None
-    if n is not None:
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
-    return int(numba.get_num_threads())
 
 
 def _optimise(

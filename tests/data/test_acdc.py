@@ -122,7 +122,8 @@ def test_malformed_file_named(tmp_path, kind, match, capsys):
     # the command: exit status 2, one line naming the file
     assert main(["data", "acdc", "--root", str(tmp_path), "--no-progress"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and str(bad) in lines[0] and lines[0].startswith("rloss data acdc: error")
+    assert len(lines) == 1 and str(bad) in lines[0]
+    assert lines[0].startswith("rloss data acdc: error")
 
 
 def test_volume_must_be_3d(tmp_path):

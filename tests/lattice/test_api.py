@@ -266,10 +266,40 @@ def test_lattice_is_reusable(backend, device):
     assert torch.equal(lat.filter(values), first)
 
 
+def test_exact_module_is_a_deprecated_alias():
+    import importlib
+    import sys
+
+    import rloss.lattice as lattice
+
+    sys.modules.pop("rloss.lattice.exact", None)
+    with pytest.warns(DeprecationWarning, match="rloss.lattice.exact is deprecated"):
+        old = importlib.import_module("rloss.lattice.exact")
+    assert old.exact_filter is lattice.exact_filter
+
+
 def test_exact_filter_validates_shapes():
-    from rloss.lattice.exact import exact_filter
+    from rloss.lattice import exact_filter
 
     with pytest.raises(ValueError, match=r"\(1, 12, 5\).*\(1, 2, 13\)"):
         exact_filter(torch.zeros(1, 12, 5), torch.zeros(1, 2, 13))
     with pytest.raises(ValueError, match=r"\(N, P, d\)"):
         exact_filter(torch.zeros(12, 5), torch.zeros(1, 2, 12))
+
+
+def test_threads_context_sets_and_restores_torch_and_numba():
+    """rloss._threads.threads: both runtimes on n threads inside, the old counts after
+    (numba's pool launch must not undo torch's setting)."""
+    numba = pytest.importorskip("numba")
+    from rloss._threads import numba_threads, threads
+
+    before = (torch.get_num_threads(), numba.get_num_threads())
+    with threads(1):
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (1, 1)
+    assert (torch.get_num_threads(), numba.get_num_threads()) == before
+    with numba_threads(1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before[1]
+    with pytest.raises(ValueError, match="threads: want an integer >= 1"):
+        with threads(0):
+            pass

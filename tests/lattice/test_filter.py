@@ -11,9 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import rloss.lattice._torch as torch_backend
-from rloss.lattice import Lattice, bilateral_features, gaussian_filter
-from rloss.lattice.exact import exact_filter
+from rloss.lattice import Lattice, bilateral_features, exact_filter, gaussian_filter
 
 from .conftest import require_backend
 
@@ -444,17 +442,18 @@ def test_guidance_channels(backend, device, channels):
 # ----------------------------------------------------------------------------- key packing
 
 
-def test_forced_exact_key_path_matches_packed(monkeypatch, device):
-    """With packing disabled the exact relabelling path gives bit-identical results."""
+def test_forced_exact_key_path_matches_packed(device):
+    """With packing disabled (keys="full") the exact relabelling path gives bit-identical
+    results."""
+    from rloss.lattice import BuildOptions
+
     images = torch.stack([scene_image(20, 20, 24), blocks_image(21, 20, 24)])
     for sigma in [(15.0, 20.0), (5.0, 3.0)]:
         feats = bilateral_features(images, *sigma).to(device)
         values = torch.cat([probs_like(3, 20, 24, seed=s) for s in (0, 1)]).to(device)
         packed = Lattice(feats, backend="torch")
         assert packed._impl.packed
-        with monkeypatch.context() as m:
-            m.setattr(torch_backend, "_MAX_PACKED_BITS", 0)
-            relabelled = Lattice(feats, backend="torch")
+        relabelled = Lattice(feats, backend="torch", options=BuildOptions(keys="full"))
         assert not relabelled._impl.packed
         assert relabelled._impl.num_vertices == packed._impl.num_vertices
         assert torch.equal(relabelled.filter(values), packed.filter(values))

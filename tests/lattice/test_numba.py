@@ -12,7 +12,11 @@ import torch
 
 numba = pytest.importorskip("numba")
 
-from rloss.lattice import _numba, bilateral_features  # noqa: E402
+from rloss.lattice import BuildOptions, _numba, bilateral_features  # noqa: E402
+from rloss.lattice._numba import _embed, _layout  # noqa: E402
+
+#: Use the threads even for small problems (the thread-count tests need it).
+THREADED = BuildOptions(serial_below=0)
 
 #: Tolerance A of ../shared/reference/README.md: max|out - AS| <= TOL_A * max|AS|.
 TOL_A = 1e-4
@@ -75,26 +79,22 @@ def test_golden_parity_float64(golden, case):
 
 
 @pytest.mark.parametrize(("n", "h", "w"), [(1, 96, 128), (3, 64, 80), (9, 32, 40)])
-def test_deterministic(monkeypatch, n, h, w):
-    monkeypatch.setattr(_numba, "_SERIAL_PIXELS", 0)
+def test_deterministic(n, h, w):
     feats, values = _random_problem(n, 5, h, w)
-    first = _numba.build(feats).apply(values)
-    second = _numba.build(feats).apply(values)
+    first = _numba.build(feats, THREADED).apply(values)
+    second = _numba.build(feats, THREADED).apply(values)
     assert torch.equal(first, second)
 
 
 @pytest.mark.parametrize(("n", "h", "w"), [(1, 96, 128), (2, 80, 100)])
-def test_thread_count_independent(monkeypatch, n, h, w):
-    monkeypatch.setattr(_numba, "_SERIAL_PIXELS", 0)  # really use the threads
+def test_thread_count_independent(n, h, w):
+    from rloss._threads import numba_threads
+
     feats, values = _random_problem(n, 4, h, w, seed=1)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = _numba.build(feats).apply(values)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = _numba.build(feats).apply(values)
-    finally:
-        numba.set_num_threads(before)
+    with numba_threads(1):
+        one = _numba.build(feats, THREADED).apply(values)
+    with numba_threads(2):
+        two = _numba.build(feats, THREADED).apply(values)
     # the task partition depends on the shapes only, so the sums are bitwise equal
     torch.testing.assert_close(one, two, rtol=0, atol=0)
 
@@ -103,7 +103,7 @@ def test_multi_block_matches_single_block():
     # N=1 splits the image into blocks with per-block vertex tables; stacking
     # the same image 8 times gives one block per image: same numbers either way
     feats, values = _random_problem(1, 3, 96, 128, seed=2)
-    assert _numba._blocks_per_image(1, 96 * 128) > 1
+    assert _layout.blocks_per_image(1, 96 * 128) > 1
     single = _numba.build(feats).apply(values)
     batch = _numba.build(feats.expand(8, -1, -1).contiguous())
     assert batch.nblk == 1
@@ -195,7 +195,7 @@ def test_barycentric_weights_match_torch_backend(d):
     feats[0, :50] = feats[0, 50:100]  # repeated points: simplex reuse
     lat = _numba.build(feats)
     _, _, bary = _torch._simplex(_torch._elevate(feats.reshape(-1, d)))
-    ours = torch.from_numpy(lat.bary).view(-1, d + 1)
+    ours = torch.from_numpy(lat.arrays.bary).view(-1, d + 1)
     torch.testing.assert_close(ours[:, 1:], bary[:, 1:], rtol=0, atol=0)
     torch.testing.assert_close(ours[:, 0], bary[:, 0], rtol=0, atol=1e-6)
     assert float(ours.min()) >= -1e-6
@@ -214,33 +214,30 @@ def test_pixel_vertices_are_distinct_and_in_range():
 
 
 @pytest.mark.parametrize(("n", "h", "w"), [(1, 96, 128), (3, 40, 48)])
-def test_packed_keys_match_full_keys(monkeypatch, n, h, w):
+def test_packed_keys_match_full_keys(n, h, w):
     # vertex keys packed into one int64 (default when they fit) and the full-key
-    # path (forced by a zero bit budget) give the same lattice, bit for bit
+    # path (BuildOptions(keys="full")) give the same lattice, bit for bit
     feats, values = _random_problem(n, 4, h, w, seed=5)
     packed = _numba.build(feats)
     assert packed.packed
-    monkeypatch.setattr(_numba, "_PACK_BITS", 0)
-    full = _numba.build(feats)
+    full = _numba.build(feats, BuildOptions(keys="full"))
     assert not full.packed
     assert full.num_vertices == packed.num_vertices
-    np.testing.assert_array_equal(full.nbr, packed.nbr)
+    np.testing.assert_array_equal(full.arrays.nbr, packed.arrays.nbr)
+    np.testing.assert_array_equal(full.arrays.loc, packed.arrays.loc)
     assert torch.equal(full.apply(values), packed.apply(values))
     assert torch.equal(full.apply(values.double()), packed.apply(values.double()))
 
 
-def test_packed_keys_out_of_range_fall_back(monkeypatch):
-    # packing ranges too narrow for the data: the kernel detects it and the
-    # build falls back to full keys instead of letting keys collide
+def test_packed_keys_out_of_range_fall_back():
+    # packing ranges too narrow for the data (a safety net no input reaches by
+    # design): the kernel detects it and the build falls back to full keys
+    # instead of letting keys collide
     feats, values = _random_problem(2, 3, 40, 48, seed=6)
     expected = _numba.build(feats).apply(values)
-    real = _numba._pack_params
-
-    def too_narrow(lo, hi, scale):
-        return real(lo * 0.0, hi * 0.0, scale)
-
-    monkeypatch.setattr(_numba, "_pack_params", too_narrow)
     lat = _numba.build(feats)
+    rng = _embed.ranges(feats.numpy())
+    lat._pack = _embed.pack_params(rng[0] * 0.0, rng[1] * 0.0, lat._scale)
     assert not lat.packed
     assert torch.equal(lat.apply(values), expected)
 
@@ -258,12 +255,10 @@ def test_wide_features_not_packed():
 
 @pytest.mark.parametrize("shape", [(1, 7, 3), (2, 1, 5), (3, 130, 4), (2, 64, 2), (1, 200, 5)])
 def test_range_pass_equals_numpy_and_flags_non_finite(shape):
-    from rloss.lattice import _numba
-
     a = (np.random.default_rng(0).random(shape, dtype=np.float32) * 10 - 3).astype(np.float32)
     want = np.stack([a.reshape(-1, shape[2]).min(0), a.reshape(-1, shape[2]).max(0)])
-    assert np.array_equal(_numba._ranges(a), want)
+    assert np.array_equal(_embed.ranges(a), want)
     for bad in (np.inf, -np.inf, np.nan):
         b = a.copy()
         b[-1, -1, -1] = bad
-        assert np.isnan(_numba._ranges(b)).all()
+        assert np.isnan(_embed.ranges(b)).all()

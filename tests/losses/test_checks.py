@@ -20,8 +20,10 @@ def _inputs(n=1, k=3, h=6, w=7):
 
 
 @pytest.fixture
-def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(_checks, "_WARNED", set())
+def fresh_warnings():
+    _checks.reset_warn_once()
+    yield
+    _checks.reset_warn_once()
 
 
 def test_nan_probs():
@@ -138,3 +140,101 @@ def test_device_mismatch():
         densecrf_loss(image.cuda(), probs, weight=1.0)
     with pytest.raises(ValueError, match="roi is on"):
         densecrf_loss(image.cuda(), probs.cuda(), torch.ones(1, 6, 7), weight=1.0)
+
+
+# ------------------------------------------------ the public checks module (one message each)
+
+
+def test_checks_module_is_public_and_the_old_path_re_exports_it():
+    from rloss import checks
+    from rloss.losses import _checks as old
+
+    for name in checks.__all__:
+        assert getattr(old, name) is getattr(checks, name)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda c: c.check_positive("sigma_xy", 0), ValueError,
+         "sigma_xy must be a finite positive number, got 0"),
+        (lambda c: c.check_positive("sigma_xy", "abc"), ValueError,
+         "sigma_xy must be a positive number, got 'abc'"),
+        (lambda c: c.check_weight("weight", -1), ValueError,
+         "weight must be a finite non-negative number, got -1"),
+        (lambda c: c.check_float_dtype("values", torch.zeros(2, dtype=torch.int64)), ValueError,
+         "values must be a floating-point tensor, got dtype torch.int64"),
+        (lambda c: c.check_finite("features", torch.tensor([1.0, float("inf")])), ValueError,
+         "features contains NaN or Inf values"),
+        (lambda c: c.check_float_tensor("probs", [1.0], 4, "(N, K, H, W)"), TypeError,
+         "probs must be a torch.Tensor, got list"),
+    ],
+)  # fmt: skip
+def test_checks_messages(call, error, match):
+    from rloss import checks
+
+    with pytest.raises(error, match=match):
+        call(checks)
+
+
+def test_lattice_uses_the_same_messages():
+    """The lattice's dtype and finiteness errors are the checks module's."""
+    from rloss.lattice import Lattice
+
+    with pytest.raises(ValueError, match="features must be a floating-point tensor"):
+        Lattice(torch.zeros(1, 3, 4, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="values contains NaN or Inf values"):
+        lat = Lattice(torch.rand(1, 3, 4, 4), backend="torch")
+        lat.filter(torch.full((1, 1, 4, 4), float("inf")))
+
+
+def test_bilateral_features_names_a_bad_sigma():
+    """Issue 16 row 20: a sigma that is not a number names the argument."""
+    from rloss.lattice import bilateral_features
+
+    image = torch.rand(1, 3, 4, 4) * 255
+    with pytest.raises(ValueError, match="sigma_rgb must be a positive number, got 'abc'"):
+        bilateral_features(image, "abc", 5.0)
+    with pytest.raises(ValueError, match="sigma_xy must be a finite positive number"):
+        bilateral_features(image, 15.0, float("nan"))
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch", "exact"])
+@pytest.mark.parametrize("loss", ["densecrf", "ncut"])
+def test_probs_outside_roi_may_be_anything_finite(backend, loss):
+    """Issue 16 row 19: outside roi the losses ignore probs, so any finite value passes
+    (2.0, -3.0); inside roi the check still applies; NaN is rejected everywhere."""
+    image, probs = _inputs(n=2)
+    roi = torch.ones(2, 6, 7)
+    roi[1, :, :3] = 0
+    probs = probs.clone()
+    probs[1, :, :, :3] = 2.0
+    probs[1, 0, 0, 0] = -3.0
+    fn = densecrf_loss if loss == "densecrf" else ncut_loss
+    kw = dict(sigma_xy=5.0, backend=backend)
+    kw.update({"weight": 1.0} if loss == "densecrf" else {"sigma_rgb": 15.0})
+    value = fn(image, probs, roi, **kw)
+    assert bool(torch.isfinite(value))
+    inside = probs.clone()
+    inside[0, 1, 2, 3] = 2.0
+    with pytest.raises(ValueError, match="did you pass logits"):
+        fn(image, inside, roi, **kw)
+    nan = probs.clone()
+    nan[1, 0, 1, 1] = float("nan")  # outside roi, still rejected
+    with pytest.raises(ValueError, match="probs contains NaN"):
+        fn(image, nan, roi, **kw)
+
+
+def test_compile_notice_is_said_once_and_only_on_a_cache_miss(caplog):
+    """Issue 16 row 11: with an empty numba cache the first lattice says it compiles."""
+    from rloss.lattice._numba.lattice import CompileNotice, kernels_cached
+
+    assert kernels_cached() in (True, False)  # cheap probe, never raises
+    caplog.set_level("WARNING", logger="rloss.lattice")
+    miss = CompileNotice(probe=lambda: False)
+    assert miss.check() and not miss.check()
+    assert [r.getMessage() for r in caplog.records] == [CompileNotice.MESSAGE]
+    caplog.clear()
+    hit = CompileNotice(probe=lambda: True)
+    assert not hit.check()
+    assert caplog.records == []

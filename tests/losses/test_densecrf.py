@@ -166,8 +166,8 @@ def test_gradient_wrt_probs_is_analytic_formula():
 
 @pytest.mark.parametrize(
     ("backend", "impl", "method"),
-    [("exact", "rloss.lattice.exact.ExactLattice", "apply"),
-     ("numba", "rloss.lattice._numba.NumbaLattice", "_splat_blur|_potts_fused"),
+    [("exact", "rloss.lattice._exact.ExactLattice", "apply"),
+     ("numba", "rloss.lattice._numba.lattice.NumbaLattice", "apply|quadratic_form"),
      ("torch", "rloss.lattice._torch.TorchLattice", "apply")],
 )  # fmt: skip
 def test_one_lattice_build_and_one_filter_per_forward_backward(monkeypatch, backend, impl, method):
@@ -370,21 +370,70 @@ def test_no_grad_and_grayscale_guidance():
 
 
 @pytest.mark.parametrize("normalize", [False, True])
-def test_lattice_energy_equals_the_loss(normalize):
-    """A prebuilt lattice gives the loss's value and gradient (weight 1)."""
+def test_prebuilt_lattice_equals_the_loss(normalize):
+    """``densecrf_loss(..., lattice=)`` gives the loss's value and gradient, bitwise, and
+    the deprecated ``lattice_energy`` alias the same."""
     from rloss.lattice import bilateral_features
     from rloss.losses.densecrf import lattice_energy
 
     image, roi = _image(2, 12, 16), _roi(2, 12, 16)
     logits = _logits(2, 3, 12, 16, dtype=torch.float64)
-    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    want = densecrf_loss(image, a.softmax(1), roi, weight=1.0, sigma_xy=6.0, normalize=normalize)
+    a, b, c = (logits.clone().requires_grad_() for _ in range(3))
+    want = densecrf_loss(image, a.softmax(1), roi, weight=0.5, sigma_xy=6.0, normalize=normalize)
     lat = Lattice(bilateral_features(image, 15.0, 6.0))
-    got = lattice_energy(lat, b.softmax(1), roi, normalize=normalize)
-    torch.testing.assert_close(got, want)
+    got = densecrf_loss(None, b.softmax(1), roi, weight=0.5, normalize=normalize, lattice=lat)
+    assert torch.equal(got, want)
     want.backward()
     got.backward()
-    torch.testing.assert_close(b.grad, a.grad)
+    assert torch.equal(b.grad, a.grad)
+    with pytest.warns(DeprecationWarning, match="lattice_energy is deprecated"):
+        old = lattice_energy(lat, c.softmax(1), roi, normalize=normalize, weight=0.5)
+    torch.testing.assert_close(old, want)
+
+
+def test_prebuilt_lattice_checks_its_inputs():
+    from rloss.lattice import bilateral_features
+
+    image = _image(1, 8, 8)
+    lat = Lattice(bilateral_features(image, 15.0, 6.0))
+    probs = _logits(1, 3, 8, 8, dtype=torch.float32).softmax(1)
+    with pytest.raises(ValueError, match="scale_factor must be 1 with a prebuilt lattice"):
+        densecrf_loss(None, probs, lattice=lat, scale_factor=0.5)
+    with pytest.raises(ValueError, match="lattice was built for"):
+        densecrf_loss(None, probs[..., :7], lattice=lat)
+    with pytest.raises(ValueError, match="did you pass logits"):
+        densecrf_loss(None, probs * 5, lattice=lat)
+    with pytest.raises(TypeError, match="lattice must be"):
+        densecrf_loss(None, probs, lattice="abc")
+
+
+def test_pairwise_energy_is_a_deprecated_alias():
+    from rloss.losses import ncut_loss
+    from rloss.losses.densecrf import pairwise_energy
+
+    image = _image(1, 8, 8)
+    probs = _logits(1, 3, 8, 8, dtype=torch.float32).softmax(1)
+    kw = dict(sigma_rgb=15.0, sigma_xy=6.0, scale_factor=1.0, normalize=False, backend=None)
+    with pytest.warns(DeprecationWarning):
+        p = pairwise_energy(image, probs, None, kind="potts", **kw)
+    with pytest.warns(DeprecationWarning):
+        n = pairwise_energy(image, probs, None, kind="ncut", **kw)
+    assert torch.equal(p, densecrf_loss(image, probs, weight=1.0, sigma_xy=6.0))
+    assert torch.equal(n, ncut_loss(image, probs, sigma_rgb=15.0, sigma_xy=6.0))
+
+
+@pytest.mark.parametrize("loss", ["densecrf", "ncut"])
+@pytest.mark.parametrize("scale", [0.01, 0.1])
+def test_scale_factor_that_leaves_no_pixel_names_scale_factor(loss, scale):
+    """Issue 16 row 18: a ValueError naming scale_factor before F.interpolate runs."""
+    from rloss.losses import DenseCRFLoss, NormalizedCutLoss
+
+    term = (DenseCRFLoss if loss == "densecrf" else NormalizedCutLoss)(
+        weight=1.0, sigma_rgb=15.0, sigma_xy=5.0, scale_factor=scale
+    )
+    probs = _logits(1, 3, 8, 9, dtype=torch.float32).softmax(1)
+    with pytest.raises(ValueError, match=r"scale_factor=0.\d+ shrinks probs .* to 0x0 pixels"):
+        term(_image(1, 8, 9), probs)
 
 
 def test_backward_scales_by_the_incoming_gradient_and_can_run_twice():

@@ -56,7 +56,7 @@ def _meta_lattice(n: int, p: int, d: int, m: int) -> _torch.TorchLattice:
 def meta_build(monkeypatch):
     """Replace the torch backend's (syncing) construction by a meta lattice."""
 
-    def build(features: torch.Tensor) -> _torch.TorchLattice:
+    def build(features: torch.Tensor, options: object = None) -> _torch.TorchLattice:
         n, p, d = features.shape
         assert features.device == META
         return _meta_lattice(n, p, d, m=3 * p)
@@ -131,7 +131,7 @@ def test_cuda_loss_has_no_sync_beyond_construction(monkeypatch, loss):
     real_build = _torch.build
     built: dict[str, _torch.TorchLattice] = {}
 
-    def prebuilt(features: torch.Tensor) -> _torch.TorchLattice:
+    def prebuilt(features: torch.Tensor, options: object = None) -> _torch.TorchLattice:
         return built["lattice"]
 
     from rloss.lattice import bilateral_features

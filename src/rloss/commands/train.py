@@ -117,7 +117,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--flip", action="store_true", help="also average horizontally flipped predictions"
     )
-    p.add_argument("--crf", action="store_true", help="DenseCRF post-processing (rloss.crf)")
+    p.add_argument("--crf", action="store_true", help="mean-field CRF refinement (rloss.meanfield)")
     p.add_argument(
         "--out", help="metrics JSON (unset: eval_metrics.json next to the checkpoint)"
     )
@@ -147,7 +147,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scales", type=_scales, default=[1.0], help="test scales, e.g. 1,0.75,1.25")
     p.add_argument("--flip", action="store_true",
                    help="also average horizontally flipped predictions")
-    p.add_argument("--crf", action="store_true", help="DenseCRF post-processing (rloss.crf)")
+    p.add_argument("--crf", action="store_true", help="mean-field CRF refinement (rloss.meanfield)")
     p.add_argument("--no-overlay", action="store_true", help="write only the label PNGs")
     p.add_argument("--device", help="cpu, cuda, cuda:1... (unset: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

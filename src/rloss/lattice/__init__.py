@@ -21,67 +21,94 @@ Example:
     >>> probs = torch.rand(2, 21, 32, 40).softmax(1)
     >>> lat.filter(probs).shape
     torch.Size([2, 21, 32, 40])
+
+Besides :meth:`Lattice.filter`, a lattice offers one fused primitive,
+:meth:`Lattice.quadratic_form` (``Σ_k s_kᵀ W (r − s_k)`` per image and its
+gradient from one filtering pass), which the losses build their energies on;
+the lattice itself knows nothing about losses or probabilities. How a lattice
+is built (key strategy, threads, the fused path) is an explicit
+:class:`BuildOptions`; every option gives bitwise the same results.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
+import warnings
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from rloss.checks import check_finite, check_float_dtype, check_positive
+from rloss.lattice._common import (
+    DEFAULT_CAPACITY_HINT,
+    DEFAULT_OPTIONS,
+    BuildOptions,
+    CapacityHint,
+)
+from rloss.lattice._exact import exact_filter
+
 __all__ = [
     "BACKENDS",
+    "DEFAULT_CAPACITY_HINT",
+    "BuildOptions",
+    "CapacityHint",
     "Lattice",
     "ProbsStats",
+    "QuadraticForm",
+    "ValueStats",
     "bilateral_features",
     "default_backend",
+    "exact_filter",
     "gaussian_filter",
     "release_memory",
 ]
 
-#: Backend name -> module implementing ``build(features (N, P, d)) -> obj`` with
-#: ``obj.apply(values (N, C, P)) -> (N, C, P)`` and optionally ``obj.potts`` (see
-#: :meth:`Lattice.potts`); a module with ``CHECKS_FINITE = True`` rejects NaN/Inf
-#: features itself with the same ``ValueError``.
+#: Backend name -> module implementing ``build(features (N, P, d), options) -> obj``
+#: with ``obj.apply(values (N, C, P)) -> (N, C, P)`` and optionally a fused
+#: ``obj.quadratic_form`` (see :meth:`Lattice.quadratic_form`); a module with
+#: ``CHECKS_FINITE = True`` rejects NaN/Inf features itself with the same ``ValueError``.
 BACKENDS: dict[str, str] = {
     "torch": "rloss.lattice._torch",
     "numba": "rloss.lattice._numba",
-    "exact": "rloss.lattice.exact",
+    "exact": "rloss.lattice._exact",
 }
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+class ValueStats(NamedTuple):
+    """Raw statistics of the values ``x`` given to :meth:`Lattice.quadratic_form`.
 
-def _check_finite(name: str, t: Tensor) -> None:
-    """Raise ``ValueError`` if ``t`` holds NaN/Inf; CPU tensors only.
-
-    One ``aminmax`` pass: NaN propagates into both, an infinity shows in one,
-    and no temporary is allocated (a float64 ``sum`` of a float32 tensor
-    materialises a float64 copy: 130 MB for a 12×21×256² batch). On
-    accelerators the check is skipped: reading the result back would
-    synchronise the device with the host on every call.
+    Plain numbers, gathered for free while the values pass through the splat
+    (numba backend) or by torch reductions (other backends); what they mean is
+    for the caller (the losses read them as probability checks, see
+    :func:`rloss.checks.check_probs_stats`).
     """
-    if t.device.type != "cpu":
-        return
-    lo, hi = torch.aminmax(t.detach())
-    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-        raise ValueError(f"{name} contains NaN or Inf values")
 
-
-class ProbsStats(NamedTuple):
-    """Value statistics of the ``probs`` given to :meth:`Lattice.potts` (for validation)."""
-
-    #: Smallest value.
+    #: Smallest value over pixels with ``r > 0`` (``inf`` if there are none).
     min: float
-    #: Largest value.
+    #: Largest value over pixels with ``r > 0`` (``-inf`` if there are none).
     max: float
-    #: Largest ``|sum_k probs_k - 1|`` over pixels with ``roi > 0`` (0 if there are none).
+    #: Largest ``|Σ_k x_k − 1|`` over pixels with ``r > 0`` (0 if there are none).
     sum_error: float
-    #: False when some value is NaN or infinite (then min and max are not meaningful).
+    #: False when some value anywhere is NaN or infinite.
     finite: bool
+
+
+#: Deprecated name of :class:`ValueStats`.
+ProbsStats = ValueStats
+
+
+class QuadraticForm(NamedTuple):
+    """Result of :meth:`Lattice.quadratic_form` (all in the dtype of ``x``)."""
+
+    #: ``(N,)``: ``Σ_k s_kᵀ W (r − s_k)`` per image, divided by ``volume`` when normalised.
+    value: Tensor
+    #: ``(N,)``: ``rᵀ W r`` per image (floored at the dtype's tiny) when normalised, else ones.
+    volume: Tensor
+    #: ``grad_scale · r ⊙ (W r − 2 W s_k) / volume``, shaped like ``x``; None without grad_scale.
+    grad: Tensor | None
+    #: :class:`ValueStats` when asked for, else None.
+    stats: ValueStats | None
 
 
 def bilateral_features(
@@ -106,14 +133,12 @@ def bilateral_features(
         raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
     if image.dim() != 4:
         raise ValueError(f"image must have shape (N, C, H, W), got {tuple(image.shape)}")
-    if image.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"image must be a floating-point tensor, got dtype {image.dtype}")
+    check_float_dtype("image", image)
     n, c, h, w = image.shape
     if n == 0 or c == 0 or h == 0 or w == 0:
         raise ValueError(f"image must be non-empty, got shape {tuple(image.shape)}")
-    for name, s in (("sigma_rgb", sigma_rgb), ("sigma_xy", sigma_xy)):
-        if not float(s) > 0 or not torch.isfinite(torch.tensor(float(s))):
-            raise ValueError(f"{name} must be a finite positive number, got {s}")
+    sigma_rgb = check_positive("sigma_rgb", sigma_rgb)
+    sigma_xy = check_positive("sigma_xy", sigma_xy)
     if check_finite:
         _check_finite("image", image)
     dev = image.device
@@ -135,6 +160,9 @@ def default_backend(device: torch.device) -> str:
             return "torch"
         return "numba"
     return "torch"
+
+
+_check_finite = check_finite  # (the name used before rloss.checks)
 
 
 def _backend_module(name: str) -> Any:
@@ -185,9 +213,13 @@ class Lattice:
         backend: ``"torch"`` (portable, CPU/CUDA), ``"numba"`` (fast CPU),
             ``"exact"`` (brute force float64, quadratic cost) or ``None`` to
             pick by device (numba on CPU, torch elsewhere).
+        options: :class:`BuildOptions` (how to build; never what is computed),
+            ``None`` for the defaults.
     """
 
-    def __init__(self, features: Tensor, backend: str | None = None) -> None:
+    def __init__(
+        self, features: Tensor, backend: str | None = None, *, options: BuildOptions | None = None
+    ) -> None:
         if not isinstance(features, Tensor):
             raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
         if features.dim() not in (3, 4):
@@ -195,8 +227,7 @@ class Lattice:
                 "features must have shape (N, d, H, W) or (N, d, P), "
                 f"got {tuple(features.shape)}"
             )
-        if features.dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"features must be floating point, got dtype {features.dtype}")
+        check_float_dtype("features", features)
         if features.requires_grad:
             raise ValueError(
                 "features require grad, but the lattice gives no gradient to its features "
@@ -204,6 +235,9 @@ class Lattice:
             )
         if features.numel() == 0 or features.shape[0] == 0:
             raise ValueError(f"features must be non-empty, got shape {tuple(features.shape)}")
+        if options is not None and not isinstance(options, BuildOptions):
+            raise TypeError(f"options must be a BuildOptions or None, got {type(options).__name__}")
+        self.options = DEFAULT_OPTIONS if options is None else options
         self.backend = backend if backend is not None else default_backend(features.device)
         module = _backend_module(self.backend)
         if not getattr(module, "CHECKS_FINITE", False):
@@ -217,7 +251,7 @@ class Lattice:
         self.device = features.device
         flat = features.detach().reshape(self.batch, self.dim, self.num_pixels)
         # (N, P, d): each pixel's feature vector contiguous
-        self._impl = module.build(flat.to(torch.float32).transpose(1, 2).contiguous())
+        self._impl = module.build(flat.to(torch.float32).transpose(1, 2).contiguous(), self.options)
 
     def __repr__(self) -> str:
         return (
@@ -239,8 +273,7 @@ class Lattice:
             )
         if values.shape[1] == 0:
             raise ValueError(f"values must have at least one channel, got {tuple(values.shape)}")
-        if values.dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"values must be floating point, got dtype {values.dtype}")
+        check_float_dtype("values", values)
         if values.device != self.device:
             raise ValueError(
                 f"values are on {values.device} but the lattice was built on {self.device}"
@@ -271,6 +304,112 @@ class Lattice:
             _check_finite("values", values)
         return _FilterFunction.apply(self, values)
 
+    def quadratic_form(
+        self,
+        x: Tensor,
+        r: Tensor | None = None,
+        *,
+        normalize: bool = False,
+        grad_scale: float | None = None,
+        stats: bool = False,
+    ) -> QuadraticForm:
+        r"""The quadratic form ``Σ_k s_kᵀ W (r − s_k)``, ``s_k = x_k ⊙ r``, and its gradient.
+
+        Per image ``n``, from one filtering pass over ``[s, r]`` (``K + 1``
+        channels)::
+
+            value_n  = Σ_k s_nkᵀ W (r_n − s_nk)           (÷ volume_n when normalize)
+            volume_n = r_nᵀ W r_n                          (floored at the dtype's tiny)
+            grad     = grad_scale · r ⊙ (W r − 2 W s_k)    (÷ volume_n when normalize)
+
+        ``grad`` is ``grad_scale · ∂value/∂x`` with ``W`` treated as symmetric,
+        as :meth:`filter`'s backward does. The numba backend fuses the whole
+        computation into its splat and slice kernels (no ``(N, K + 1, ...)``
+        intermediate is formed); the other backends compute it from
+        :meth:`filter`'s output. Not differentiable itself: the caller wires
+        ``grad`` into autograd (see :func:`rloss.losses.densecrf_loss`, the
+        relaxed Potts energy with ``x`` = probabilities and ``r`` = roi).
+
+        Args:
+            x: ``(N, K, *spatial)`` float32 or float64 values.
+            r: ``(N, *spatial)`` weights of the same dtype, or ``None`` (ones).
+            normalize: divide each image's value (and gradient) by ``rᵀ W r``.
+            grad_scale: the factor of ``grad``; ``None`` computes no gradient.
+            stats: also return :class:`ValueStats` of ``x`` (reads values back
+                to the host; free on the numba backend, which gathers them in
+                its splat).
+
+        Returns:
+            :class:`QuadraticForm` ``(value, volume, grad, stats)``.
+
+        Example:
+            >>> import torch
+            >>> from rloss.lattice import Lattice
+            >>> lat = Lattice(torch.rand(1, 5, 6, 6) * 3, backend="exact")
+            >>> x = torch.rand(1, 2, 6, 6, dtype=torch.float64)
+            >>> q = lat.quadratic_form(x, grad_scale=1.0)
+            >>> wx = lat.filter(x)
+            >>> w1 = lat.filter(torch.ones(1, 1, 6, 6, dtype=torch.float64))
+            >>> bool(torch.isclose(q.value, (x * (w1 - wx)).sum()).all())
+            True
+        """
+        self._check_values(x)
+        if x.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"x must be float32 or float64, got {x.dtype}")
+        n, k = x.shape[:2]
+        if r is None:
+            r = torch.ones(n, *self.spatial, dtype=x.dtype, device=x.device)
+        elif (
+            not isinstance(r, Tensor) or tuple(r.shape) != (n, *self.spatial) or r.dtype != x.dtype
+        ):
+            got = f"{tuple(r.shape)} {r.dtype}" if isinstance(r, Tensor) else type(r).__name__
+            raise ValueError(
+                f"r must have shape {(n, *self.spatial)} and dtype {x.dtype}, got {got}"
+            )
+        fused = getattr(self._impl, "quadratic_form", None)
+        if fused is not None:
+            value, volume, grad, raw = fused(
+                x.reshape(n, k, self.num_pixels),
+                r.reshape(n, self.num_pixels),
+                bool(normalize),
+                grad_scale,
+            )
+            grad = None if grad is None else grad.reshape(x.shape)
+            return QuadraticForm(value, volume, grad, ValueStats(*raw) if stats else None)
+        found = _value_stats(x, r) if stats else None  # before the in-place work below
+        value, volume, grad = self._quadratic_by_filter(x, r, bool(normalize), grad_scale)
+        return QuadraticForm(value, volume, grad, found)
+
+    def _quadratic_by_filter(
+        self, x: Tensor, r: Tensor, normalize: bool, grad_scale: float | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`quadratic_form` from :meth:`filter`'s output (any backend)."""
+        n, k = x.shape[:2]
+        rr = r.unsqueeze(1)
+        # [s, r] written straight into the filter input (no torch.cat temporary)
+        vals = torch.empty(n, k + 1, *self.spatial, dtype=x.dtype, device=x.device)
+        s = torch.mul(x, rr, out=vals[:, :k])
+        vals[:, k] = r
+        filt = self._apply(vals)  # a fresh tensor owned here: reused in place below
+        ws, wr = filt[:, :k], filt[:, k:]
+        diff = torch.sub(wr, ws, out=ws)  # W r − W s, in place of W s
+        s_rows, d_rows = s.reshape(n, -1), diff.reshape(n, -1)
+        # one BLAS dot per image (bmm/einsum take a slow path for these shapes)
+        value = torch.stack([torch.dot(s_rows[i], d_rows[i]) for i in range(n)])
+        coef = torch.full((n,), float(grad_scale or 0.0), dtype=x.dtype, device=x.device)
+        if normalize:
+            volume = (rr * wr).reshape(n, -1).sum(1).clamp_min(torch.finfo(x.dtype).tiny)
+            value = value / volume
+            coef = coef / volume
+        else:
+            volume = torch.ones(n, dtype=x.dtype, device=x.device)
+        if grad_scale is None:
+            return value, volume, None
+        # W r − 2 W s = 2 diff − W r, in place (a view of ``filt``)
+        scale = rr * coef.view(n, *([1] * (rr.dim() - 1)))
+        grad = diff.mul_(2.0).sub_(wr).mul_(scale)
+        return value, volume, grad
+
     def potts(
         self,
         probs: Tensor,
@@ -279,100 +418,34 @@ class Lattice:
         normalize: bool = False,
         grad_scale: float | None = None,
         probs_stats: bool = False,
-    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, ProbsStats]:
-        r"""Relaxed Potts energy per image and its gradient, from one filtering pass.
-
-        With ``S̃ = probs ⊙ roi``::
-
-            E_n = Σ_k S̃_nkᵀ W (roi_n − S̃_nk)          (÷ roi_nᵀ W roi_n if normalize)
-            G   = grad_scale · ∂E_n/∂probs = grad_scale · roi ⊙ (W roi − 2 W S̃)  (÷ ...)
-
-        (the gradient treats ``W`` as symmetric, as :meth:`filter`'s backward
-        does). ``[S̃, roi]`` is filtered once, ``K + 1`` channels. The numba
-        backend fuses the whole computation into its splat and slice kernels,
-        so no ``(N, K + 1, ...)`` intermediate is ever formed; the other
-        backends compute it from :meth:`filter`'s output. Not differentiable
-        itself: the caller wires ``G`` into autograd (see
-        :func:`rloss.losses.densecrf_loss`).
-
-        Args:
-            probs: ``(N, K, *spatial)`` float32 or float64 probabilities.
-            roi: ``(N, *spatial)`` weights of the same dtype, or ``None`` (ones).
-            normalize: divide each image's energy (and gradient) by ``roiᵀ W roi``
-                (floored at the dtype's smallest normal number).
-            grad_scale: the factor of ``G``; ``None`` computes no gradient.
-            probs_stats: also return :class:`ProbsStats` of ``probs`` (reads
-                values back to the host). The numba backend gathers them in
-                its splat, at no extra pass over ``probs``; the losses use this
-                to validate probabilities on the CPU.
-
-        Returns:
-            ``(E (N,), G (N, K, *spatial) or None)`` in ``probs``'s dtype, plus
-            the :class:`ProbsStats` when ``probs_stats``.
-        """
-        self._check_values(probs)
-        if probs.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"probs must be float32 or float64, got {probs.dtype}")
-        n, k = probs.shape[:2]
-        if roi is None:
-            roi = torch.ones(n, *self.spatial, dtype=probs.dtype, device=probs.device)
-        elif tuple(roi.shape) != (n, *self.spatial) or roi.dtype != probs.dtype:
-            raise ValueError(
-                f"roi must have shape {(n, *self.spatial)} and dtype {probs.dtype}, "
-                f"got {tuple(roi.shape)} {roi.dtype}"
-            )
-        fused = getattr(self._impl, "potts", None)
-        if fused is not None:
-            energy, grad, stats = fused(
-                probs.reshape(n, k, self.num_pixels),
-                roi.reshape(n, self.num_pixels),
-                bool(normalize),
-                grad_scale,
-            )
-            grad = None if grad is None else grad.reshape(probs.shape)
-            return (energy, grad, ProbsStats(*stats)) if probs_stats else (energy, grad)
-        if probs_stats:
-            stats = _probs_stats(probs, roi)  # before the in-place work below
-            return (*self._potts_by_filter(probs, roi, bool(normalize), grad_scale), stats)
-        return self._potts_by_filter(probs, roi, bool(normalize), grad_scale)
-
-    def _potts_by_filter(
-        self, probs: Tensor, roi: Tensor, normalize: bool, grad_scale: float | None
-    ) -> tuple[Tensor, Tensor | None]:
-        """:meth:`potts` from :meth:`filter`'s output (any backend)."""
-        n, k = probs.shape[:2]
-        r = roi.unsqueeze(1)
-        # [S̃, roi] written straight into the filter input (no torch.cat temporary)
-        vals = torch.empty(n, k + 1, *self.spatial, dtype=probs.dtype, device=probs.device)
-        s = torch.mul(probs, r, out=vals[:, :k])
-        vals[:, k] = roi
-        filt = self._apply(vals)  # a fresh tensor owned here: reused in place below
-        ws, wr = filt[:, :k], filt[:, k:]
-        diff = torch.sub(wr, ws, out=ws)  # W roi − W S̃, in place of W S̃
-        s_rows, d_rows = s.reshape(n, -1), diff.reshape(n, -1)
-        # one BLAS dot per image (bmm/einsum take a slow path for these shapes)
-        energy = torch.stack([torch.dot(s_rows[i], d_rows[i]) for i in range(n)])
-        coef = torch.full((n,), float(grad_scale or 0.0), dtype=probs.dtype, device=probs.device)
-        if normalize:
-            volume = (r * wr).reshape(n, -1).sum(1).clamp_min(torch.finfo(probs.dtype).tiny)
-            energy = energy / volume
-            coef = coef / volume
-        if grad_scale is None:
-            return energy, None
-        # W roi − 2 W S̃ = 2 diff − W roi, in place (a view of ``filt``)
-        scale = r * coef.view(n, *([1] * (r.dim() - 1)))
-        grad = diff.mul_(2.0).sub_(wr).mul_(scale)
-        return energy, grad
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, ValueStats]:
+        """Deprecated: :meth:`quadratic_form` (the Potts meaning lives in :mod:`rloss.losses`)."""
+        warnings.warn(
+            "Lattice.potts is deprecated; use Lattice.quadratic_form(probs, roi, ...) "
+            "(or rloss.losses.densecrf_loss(..., lattice=lat) for the loss)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        q = self.quadratic_form(
+            probs, roi, normalize=normalize, grad_scale=grad_scale, stats=probs_stats
+        )
+        return (q.value, q.grad, q.stats) if probs_stats else (q.value, q.grad)
 
 
-def _probs_stats(probs: Tensor, roi: Tensor) -> ProbsStats:
-    """:class:`ProbsStats` with torch reductions (backends without a fused splat)."""
-    lo, hi = torch.aminmax(probs.detach())
-    err = (probs.detach().sum(1) - 1.0).abs() * (roi > 0)
+def _value_stats(x: Tensor, r: Tensor) -> ValueStats:
+    """:class:`ValueStats` with torch reductions (backends without a fused splat)."""
+    xd = x.detach()
+    inside = r.detach() > 0
+    finite = bool(torch.isfinite(xd).all())
+    picked = xd.movedim(1, -1)[inside]
+    if picked.numel():
+        lo, hi = torch.aminmax(picked)
+        lo_f, hi_f = float(lo), float(hi)
+    else:
+        lo_f, hi_f = float("inf"), float("-inf")
+    err = (xd.sum(1) - 1.0).abs() * inside
     worst = float(err.max()) if err.numel() else 0.0
-    lo_f, hi_f = float(lo), float(hi)
-    finite = math.isfinite(lo_f) and math.isfinite(hi_f) and math.isfinite(worst)
-    return ProbsStats(lo_f, hi_f, worst, finite)
+    return ValueStats(lo_f, hi_f, worst, finite)
 
 
 def gaussian_filter(features: Tensor, values: Tensor, backend: str | None = None) -> Tensor:

@@ -43,11 +43,13 @@ import math
 import torch
 from torch import Tensor
 
+from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions, elevation_scales
+
 __all__ = ["TorchLattice", "build"]
 
 #: Packed int64 keys are used when ``N * prod(coordinate ranges) < 2**_MAX_PACKED_BITS``;
-#: otherwise the exact per-coordinate relabelling path is taken. Tests lower it to
-#: force the exact path.
+#: otherwise the exact per-coordinate relabelling path is taken
+#: (``BuildOptions(keys="full")`` takes it always).
 _MAX_PACKED_BITS = 63
 
 #: Most query elements per batched neighbour look-up at construction.
@@ -60,10 +62,8 @@ _MAX_ELEVATED = float(2**40)
 
 
 def _scale_factors(d: int, device: torch.device) -> Tensor:
-    """``(d,)`` float32 elevation scales, computed in double like the reference."""
-    inv_std_dev = math.sqrt(2.0 / 3.0) * (d + 1)
-    vals = [inv_std_dev / math.sqrt((i + 1) * (i + 2)) for i in range(d)]
-    return torch.tensor(vals, dtype=torch.float32, device=device)
+    """``(d,)`` float32 elevation scales (:func:`rloss.lattice._common.elevation_scales`)."""
+    return torch.tensor(elevation_scales(d), dtype=torch.float32, device=device)
 
 
 def _elevate(f: Tensor) -> Tensor:
@@ -373,13 +373,15 @@ def _build_relabel(
     return ids.view(d + 1, q), neighbours.view(d + 1, 2, m), m
 
 
-def build(features: Tensor) -> TorchLattice:
+def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLattice:
     """Build the lattice for a batch of per-pixel feature vectors.
 
     Args:
         features: ``(N, P, d)`` float32 features (already divided by their
             bandwidths), finite, ``N, P, d >= 1``; any device. Other float
             dtypes are converted to float32.
+        options: :class:`~rloss.lattice.BuildOptions`; only ``keys`` applies
+            (``"full"``: the relabelling path; ``"packed"``: packed or an error).
 
     Returns:
         A :class:`TorchLattice` whose ``apply`` filters ``(N, C, P)`` values.
@@ -431,7 +433,12 @@ def build(features: Tensor) -> TorchLattice:
     capacity = n
     for r in ranges:
         capacity *= r
-    packed = capacity < 2**_MAX_PACKED_BITS
+    packed = options.keys != "full" and capacity < 2**_MAX_PACKED_BITS
+    if options.keys == "packed" and not packed:
+        raise ValueError(
+            "keys='packed' was asked for, but the lattice keys of these features do not "
+            "fit 63 bits; use keys='auto'"
+        )
     if packed:
         vertex, neighbours, m = _build_packed(image, rem0, rank, lo, ranges, d)
     else:

@@ -15,18 +15,30 @@ different labels. The rloss reference reports ``−(1/N) Σ_k S̃_kᵀ W S̃_k``
 instead; the two differ by ``(1/N) Σ_k S̃_kᵀ W roi``, whose gradient with
 respect to ``S_ik`` is ``roi_i (W roi)_i / N`` for every class k, which the
 softmax removes. Training is identical; see ``docs/losses.md``.
+
+The lattice supplies the generic fused primitive
+:meth:`~rloss.lattice.Lattice.quadratic_form` (``Σ_k s_kᵀ W (r − s_k)`` with
+``s = x ⊙ r``, its gradient and raw value statistics); this module gives it
+the Potts meaning (``x`` = probabilities, ``r`` = roi, the ``1/N`` and the
+weight) and reads the statistics as probability checks
+(:func:`rloss.checks.check_probs_stats`), before anything enters autograd.
+:func:`densecrf_loss` is the one entry point, with ``lattice=`` for a lattice
+built once and reused (iterative optimisation over a fixed image, see
+:class:`rloss.segment.PottsOnImage`).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rloss import checks as _checks
 from rloss.lattice import Lattice
-from rloss.losses import _checks
 
 __all__ = [
     "DEFAULT_SIGMA_RGB",
@@ -42,8 +54,6 @@ DEFAULT_WEIGHT: float = 2e-9
 DEFAULT_SIGMA_RGB: float = 15.0
 #: The rloss reference's spatial bandwidth, in pixels of the full-resolution input.
 DEFAULT_SIGMA_XY: float = 100.0
-#: Relative floor of the normalised-cut denominators (times the image volume dᵀroi).
-NCUT_EPS: float = 1e-8
 
 
 def prepare_pairwise(
@@ -76,6 +86,16 @@ def prepare_pairwise(
     sigma_xy = _checks.check_positive("sigma_xy", sigma_xy)
     scale_factor = _checks.check_positive("scale_factor", scale_factor)
 
+    if scale_factor != 1.0:
+        h, w = (int(v) for v in probs.shape[2:])
+        # the size F.interpolate gives (floor of size * factor): refuse an empty image up front
+        sh, sw = math.floor(h * scale_factor), math.floor(w * scale_factor)
+        if sh < 1 or sw < 1:
+            raise ValueError(
+                f"scale_factor={scale_factor:g} shrinks probs of shape {tuple(probs.shape)} "
+                f"to {sh}x{sw} pixels; want scale_factor >= {1.0 / min(h, w):.3g} for this "
+                "size (the loss resizes image, probs and roi by scale_factor)"
+            )
     dtype = _checks.compute_dtype(probs)
     probs_c = probs.to(dtype)
     image_c = image.detach().to(dtype)
@@ -88,11 +108,6 @@ def prepare_pairwise(
         )
         roi_c = F.interpolate(roi_c.unsqueeze(1), scale_factor=scale_factor, mode="nearest")
         roi_c = roi_c.squeeze(1)
-        if probs_c.shape[-1] == 0 or probs_c.shape[-2] == 0:
-            raise ValueError(
-                f"scale_factor={scale_factor} shrinks probs of shape {tuple(probs.shape)} "
-                "to an empty image"
-            )
     feats = _pixel_major_features(image_c, sigma_rgb, sigma_xy * scale_factor)
     return Lattice(feats, backend=backend), probs_c, roi_c
 
@@ -113,82 +128,66 @@ def _pixel_major_features(image: Tensor, sigma_rgb: float, sigma_xy: float) -> T
     return mem.permute(0, 3, 1, 2)
 
 
-class _PairwiseEnergy(torch.autograd.Function):
-    """Potts / normalised-cut energy with an analytic backward (no second filter).
+class _PrecomputedGradient(torch.autograd.Function):
+    """``scale · Σ_n value_n`` whose gradient in ``probs`` was computed in the same pass.
 
-    W is symmetric, so ``d(S̃ᵀWS̃)/dS̃ = 2 W S̃``: the backward reuses ``W S̃`` and
-    ``W roi`` from the forward pass, both filtered in one lattice call with
-    ``K + 1`` channels (for Potts, :meth:`rloss.lattice.Lattice.potts`, fused
-    into the lattice kernels on the numba backend).
+    The energy and its gradient come from one fused lattice call
+    (:meth:`~rloss.lattice.Lattice.quadratic_form`, outside autograd); this
+    function only wires that gradient in. ``W`` is symmetric, so
+    ``d(S̃ᵀWS̃)/dS̃ = 2 W S̃``: no second filtering is needed in backward.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        probs: Tensor,
-        roi: Tensor,
-        lattice: Lattice,
-        kind: str,
-        normalize: bool,
-        weight: float,
-        check_dtype: torch.dtype | None,
+        ctx: Any, probs: Tensor, per_image: Tensor, grad: Tensor, scale: float
     ) -> Tensor:
-        # ``weight`` is applied here, not by the caller, so that the incoming
-        # gradient of a plain loss is exactly 1 and backward needs no multiply.
-        # ``check_dtype``: validate probs (of that original dtype) from the
-        # statistics the lattice gathers while reading them (Potts, CPU only).
-        n = probs.shape[0]
-        want_grad = ctx.needs_input_grad[0]
-        if kind == "potts":
-            out = lattice.potts(
-                probs,
-                roi,
-                normalize=normalize,
-                grad_scale=weight / n if want_grad else None,
-                probs_stats=check_dtype is not None,
-            )
-            per_image, grad = out[0], out[1]
-            if check_dtype is not None:
-                _checks.check_probs_stats(*out[2], check_dtype, probs.shape[1])
-            if want_grad:
-                ctx.save_for_backward(grad)
-            return per_image.sum() * (weight / n)
-        if kind != "ncut":  # pragma: no cover - internal
-            raise ValueError(f"unknown pairwise energy {kind!r}")
-        k = probs.shape[1]
-        r = roi.unsqueeze(1)
-        # [S̃, roi] written straight into the filter input (no torch.cat temporary)
-        vals = torch.empty(n, k + 1, *probs.shape[2:], dtype=probs.dtype, device=probs.device)
-        s = torch.mul(probs, r, out=vals[:, :k])
-        vals[:, k] = roi
-        filt = lattice.filter(vals, check_finite=False)
-        ws, wr = filt[:, :k], filt[:, k:]
-        tiny = torch.finfo(probs.dtype).tiny
-        assoc = (s * ws).sum(dim=(2, 3))  # (N, K)  S̃_kᵀ W S̃_k
-        degree = (s * wr).sum(dim=(2, 3))  # (N, K)  dᵀ S̃_k
-        volume = (r * wr).sum(dim=(1, 2, 3))  # (N,)  dᵀ roi
-        denom = degree + NCUT_EPS * volume.unsqueeze(1) + tiny
-        cut = degree - assoc
-        per_image = (cut / denom).sum(dim=1)
-        if want_grad:
-            grad = (wr - 2.0 * ws) / denom[..., None, None] - (cut / denom.square())[
-                ..., None, None
-            ] * wr
-            ctx.save_for_backward(grad.mul_(r * (weight / n)))
-        return per_image.sum() * (weight / n)
+        ctx.save_for_backward(grad)
+        return per_image.sum() * scale
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None, None
         (grad,) = ctx.saved_tensors
         # The usual case, a loss backpropagated with gradient 1 on the CPU: hand the
         # saved gradient on as it is (autograd never modifies a tensor another
         # reference holds) instead of a full-size multiply. Reading grad_out is free
         # on the CPU; elsewhere it would synchronise with the host, so multiply.
         if grad_out.device.type == "cpu" and grad_out.dim() == 0 and float(grad_out) == 1.0:
-            return grad, None, None, None, None, None, None
-        return grad_out * grad, None, None, None, None, None, None
+            return grad, None, None, None
+        return grad_out * grad, None, None, None
+
+
+def _potts_on_lattice(
+    lattice: Lattice,
+    probs_c: Tensor,
+    roi_c: Tensor,
+    normalize: bool,
+    weight: float,
+    check_dtype: torch.dtype | None,
+) -> Tensor:
+    """``weight · (1/N) Σ_n E_n`` on a built lattice; ``probs_c``/``roi_c`` in the compute dtype.
+
+    ``check_dtype``: validate ``probs_c`` as probabilities of that (original)
+    dtype from the value statistics the lattice gathers while reading them
+    (CPU only: reading them back is free there); ``None``: no value checks.
+    """
+    n, k = probs_c.shape[:2]
+    want_grad = probs_c.requires_grad and torch.is_grad_enabled()
+    # ``weight`` goes into the gradient here, so that the incoming gradient of a
+    # plain loss is exactly 1 and backward needs no multiply
+    q = lattice.quadratic_form(
+        probs_c.detach(),
+        roi_c,
+        normalize=normalize,
+        grad_scale=weight / n if want_grad else None,
+        stats=check_dtype is not None,
+    )
+    if q.stats is not None:
+        _checks.check_probs_stats(
+            q.stats.min, q.stats.max, q.stats.sum_error, q.stats.finite, check_dtype, k
+        )
+    if not want_grad:
+        return q.value.sum() * (weight / n)
+    return _PrecomputedGradient.apply(probs_c, q.value, q.grad, weight / n)
 
 
 def lattice_energy(
@@ -201,37 +200,16 @@ def lattice_energy(
     weight: float = 1.0,
     check_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Pairwise energy on a prebuilt lattice, differentiable in ``probs``.
-
-    For iterative optimisation over a fixed image (the lattice is built once):
-    ``lattice_energy(Lattice(bilateral_features(image, s_rgb, s_xy)), probs)``
-    equals ``densecrf_loss(image, probs, weight=1, sigma_rgb=s_rgb, sigma_xy=s_xy)``.
-
-    Args:
-        lattice: built over features at the resolution of ``probs``.
-        probs: ``(N, K, H, W)`` softmax probabilities; computed in float32
-            (float64 for float64 input).
-        roi: ``(N, H, W)`` region of interest in 0..1, or ``None`` (ones).
-        kind: ``"potts"`` (DenseCRF) or ``"ncut"`` (normalised cut).
-        normalize: Potts only: divide each image's energy by ``roiᵀ W roi``.
-        weight: factor of the energy (applied inside the autograd function).
-        check_dtype: Potts on the CPU: validate ``probs`` as probabilities of
-            this (original) dtype, from statistics the lattice gathers while
-            reading them (no extra pass). ``None``: no value checks.
-
-    Returns:
-        0-dim tensor: ``weight`` times the energy averaged over the batch.
-    """
-    dtype = _checks.compute_dtype(probs)
-    n = probs.shape[0]
-    if roi is None:
-        roi_c = torch.ones(n, *probs.shape[2:], dtype=dtype, device=probs.device)
-    else:
-        roi_c = roi.detach().to(dtype)
-    with _checks.no_autocast(probs.device):
-        return _PairwiseEnergy.apply(
-            probs.to(dtype), roi_c, lattice, kind, bool(normalize), float(weight), check_dtype
-        )
+    """Deprecated: ``densecrf_loss(None, probs, roi, lattice=lattice, ...)``."""
+    warnings.warn(
+        "lattice_energy is deprecated; use densecrf_loss(None, probs, roi, lattice=lattice, "
+        "weight=..., normalize=...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    if kind != "potts":
+        raise ValueError(f"lattice_energy: kind must be 'potts', got {kind!r}")
+    return densecrf_loss(None, probs, roi, weight=weight, normalize=normalize, lattice=lattice)
 
 
 def pairwise_energy(
@@ -247,25 +225,21 @@ def pairwise_energy(
     backend: str | None,
     weight: float = 1.0,
 ) -> Tensor:
-    """Shared body of :func:`densecrf_loss` and :func:`rloss.losses.ncut_loss`."""
-    device = probs.device if isinstance(probs, Tensor) else torch.device("cpu")
-    # Potts on the CPU: the probability checks ride on the lattice's own pass over
-    # probs (the values it sees: after scale_factor's bilinear resize, which keeps
-    # probabilities probabilities and propagates NaN/Inf)
-    deferred = kind == "potts" and device.type == "cpu"
-    with _checks.no_autocast(device):
-        lattice, probs_c, roi_c = prepare_pairwise(
-            image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend, not deferred
-        )
-        return lattice_energy(
-            lattice,
-            probs_c,
-            roi_c,
-            kind=kind,
-            normalize=normalize,
-            weight=weight,
-            check_dtype=probs.dtype if deferred else None,
-        )
+    """Deprecated: :func:`densecrf_loss` (``kind="potts"``) or :func:`rloss.losses.ncut_loss`."""
+    warnings.warn(
+        "pairwise_energy is deprecated; use densecrf_loss or ncut_loss",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    common = dict(sigma_rgb=sigma_rgb, sigma_xy=sigma_xy, scale_factor=scale_factor,
+                  backend=backend, weight=weight)  # fmt: skip
+    if kind == "ncut":
+        from rloss.losses.ncut import ncut_loss
+
+        return ncut_loss(image, probs, roi, **common)
+    if kind != "potts":
+        raise ValueError(f"kind must be 'potts' or 'ncut', got {kind!r}")
+    return densecrf_loss(image, probs, roi, normalize=normalize, **common)
 
 
 def densecrf_loss(
@@ -279,6 +253,7 @@ def densecrf_loss(
     scale_factor: float = 1.0,
     normalize: bool = False,
     backend: str | None = None,
+    lattice: Lattice | None = None,
 ) -> Tensor:
     r"""DenseCRF (relaxed Potts) loss ``weight · E``, ``E = (1/N) Σ_k S̃_kᵀ W (roi − S̃_k) ≥ 0``.
 
@@ -325,9 +300,20 @@ def densecrf_loss(
             corresponds to ``weight`` ≈ 0.06–0.15; see ``docs/losses.md``).
         backend: lattice backend (``"torch"``, ``"numba"``, ``"exact"``) or
             ``None`` for the device default.
+        lattice: a :class:`~rloss.lattice.Lattice` built once over the
+            bilateral features of the image at the resolution of ``probs``
+            (``Lattice(bilateral_features(image, sigma_rgb, sigma_xy))``), to
+            reuse over many calls on the same image. Then ``image`` may be
+            ``None`` and is not read, ``sigma_rgb``, ``sigma_xy`` and
+            ``backend`` are the lattice's, and ``scale_factor`` must be 1.
 
     Returns:
         0-dim tensor, float32 (float64 for float64 ``probs``), ``≥ 0``.
+
+    Raises:
+        ValueError: on bad input, naming the argument (probabilities that are
+            not probabilities where ``roi > 0``, an image not in 0..255, a
+            ``scale_factor`` that leaves no pixel, ...).
 
     Example:
         >>> import torch
@@ -336,20 +322,67 @@ def densecrf_loss(
         >>> logits = torch.randn(2, 4, 32, 32, requires_grad=True)
         >>> loss = densecrf_loss(image, logits.softmax(1), weight=2e-9, sigma_xy=100.0)
         >>> loss.backward()
+
+        A lattice built once, reused (the same value):
+
+        >>> from rloss.lattice import Lattice, bilateral_features
+        >>> lat = Lattice(bilateral_features(image, 15.0, 100.0))
+        >>> again = densecrf_loss(None, logits.softmax(1), weight=2e-9, lattice=lat)
+        >>> bool(torch.isclose(again, loss))
+        True
     """
     weight = _checks.check_weight("weight", weight)
-    return pairwise_energy(
-        image,
-        probs,
-        roi,
-        kind="potts",
-        sigma_rgb=sigma_rgb,
-        sigma_xy=sigma_xy,
-        scale_factor=scale_factor,
-        normalize=normalize,
-        backend=backend,
-        weight=weight,
-    )
+    device = probs.device if isinstance(probs, Tensor) else torch.device("cpu")
+    # On the CPU the probability checks ride on the lattice's own pass over probs
+    # (the values it sees: after scale_factor's bilinear resize, which keeps
+    # probabilities probabilities and propagates NaN/Inf)
+    deferred = device.type == "cpu"
+    if lattice is not None:
+        return _densecrf_on_lattice(lattice, probs, roi, weight, normalize, scale_factor)
+    with _checks.no_autocast(device):
+        lat, probs_c, roi_c = prepare_pairwise(
+            image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend, not deferred
+        )
+        return _potts_on_lattice(
+            lat, probs_c, roi_c, bool(normalize), weight, probs.dtype if deferred else None
+        )
+
+
+def _densecrf_on_lattice(
+    lattice: Lattice,
+    probs: Tensor,
+    roi: Tensor | None,
+    weight: float,
+    normalize: bool,
+    scale_factor: float,
+) -> Tensor:
+    """:func:`densecrf_loss` on a prebuilt lattice (``probs`` at the lattice's resolution)."""
+    if not isinstance(lattice, Lattice):
+        raise TypeError(f"lattice must be a rloss.lattice.Lattice, got {type(lattice).__name__}")
+    if float(scale_factor) != 1.0:
+        raise ValueError(
+            f"scale_factor must be 1 with a prebuilt lattice (got {scale_factor}): build the "
+            "lattice at the resolution of probs instead"
+        )
+    probs = _checks.check_float_tensor("probs", probs, 4, "(N, K, H, W)")
+    want = (lattice.batch, *lattice.spatial)
+    if (probs.shape[0], *probs.shape[2:]) != want:
+        raise ValueError(
+            f"probs has shape {tuple(probs.shape)} but the lattice was built for batch "
+            f"{lattice.batch} and spatial shape {lattice.spatial}"
+        )
+    roi_t = _checks.check_roi(roi, probs)
+    deferred = probs.device.type == "cpu"
+    dtype = _checks.compute_dtype(probs)
+    with _checks.no_autocast(probs.device):
+        return _potts_on_lattice(
+            lattice,
+            probs.to(dtype),
+            roi_t.detach().to(dtype),
+            bool(normalize),
+            weight,
+            probs.dtype if deferred else None,
+        )
 
 
 class DenseCRFLoss(nn.Module):

@@ -8,19 +8,75 @@ With ``S̃ = S ⊙ roi``, the lattice kernel ``W`` and the degree ``d = W roi``:
     E_n = Σ_k S̃_kᵀ W (roi − S̃_k) / (dᵀ S̃_k)  =  K − Σ_k S̃_kᵀ W S̃_k / (dᵀ S̃_k)
 
 per image, averaged over the batch. Each class contributes its cut divided by
-its volume, in 0..1.
+its volume, in 0..1. ``W roi`` and ``W S̃`` come from one filtering pass with
+``K + 1`` channels (:meth:`rloss.lattice.Lattice.filter`), and the backward
+pass reuses them (``W`` is symmetric): no second filtering.
+
+Gradient, with ``a_k = S̃_kᵀ W S̃_k`` (association), ``g_k = dᵀ S̃_k`` (degree)
+and ``D_k = g_k + ε dᵀroi`` (the floored denominator)::
+
+    ∂E_n/∂S_k = roi ⊙ ( (d − 2 W S̃_k) / D_k − (g_k − a_k) / D_k² · d )
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
-from rloss.losses import _checks
-from rloss.losses.densecrf import pairwise_energy
+from rloss import checks as _checks
+from rloss.lattice import Lattice
+from rloss.losses.densecrf import prepare_pairwise
 
-__all__ = ["NormalizedCutLoss", "ncut_loss"]
+__all__ = ["NCUT_EPS", "NormalizedCutLoss", "ncut_loss"]
+
+#: Relative floor of the normalised-cut denominators (times the image volume dᵀroi).
+NCUT_EPS: float = 1e-8
+
+
+class _NCutEnergy(torch.autograd.Function):
+    """The normalised-cut energy with its analytic backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, probs: Tensor, roi: Tensor, lattice: Lattice, weight: float
+    ) -> Tensor:
+        # ``weight`` is applied here, not by the caller, so that the incoming
+        # gradient of a plain loss is exactly 1 and backward needs no multiply.
+        n, k = probs.shape[:2]
+        want_grad = ctx.needs_input_grad[0]
+        r = roi.unsqueeze(1)
+        # [S̃, roi] written straight into the filter input (no torch.cat temporary)
+        vals = torch.empty(n, k + 1, *probs.shape[2:], dtype=probs.dtype, device=probs.device)
+        s = torch.mul(probs, r, out=vals[:, :k])
+        vals[:, k] = roi
+        filt = lattice.filter(vals, check_finite=False)
+        ws, wr = filt[:, :k], filt[:, k:]
+        tiny = torch.finfo(probs.dtype).tiny
+        assoc = (s * ws).sum(dim=(2, 3))  # (N, K)  S̃_kᵀ W S̃_k
+        degree = (s * wr).sum(dim=(2, 3))  # (N, K)  dᵀ S̃_k
+        volume = (r * wr).sum(dim=(1, 2, 3))  # (N,)  dᵀ roi
+        denom = degree + NCUT_EPS * volume.unsqueeze(1) + tiny
+        cut = degree - assoc
+        per_image = (cut / denom).sum(dim=1)
+        if want_grad:
+            grad = (wr - 2.0 * ws) / denom[..., None, None] - (cut / denom.square())[
+                ..., None, None
+            ] * wr
+            ctx.save_for_backward(grad.mul_(r * (weight / n)))
+        return per_image.sum() * (weight / n)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        (grad,) = ctx.saved_tensors
+        # as the DenseCRF loss: a CPU loss backpropagated with gradient 1 hands the
+        # saved gradient on without a multiply (reading grad_out syncs elsewhere)
+        if grad_out.device.type == "cpu" and grad_out.dim() == 0 and float(grad_out) == 1.0:
+            return grad, None, None, None
+        return grad_out * grad, None, None, None
 
 
 def ncut_loss(
@@ -69,18 +125,12 @@ def ncut_loss(
         >>> loss = ncut_loss(image, probs, sigma_rgb=15.0, sigma_xy=40.0)
     """
     weight = _checks.check_weight("weight", weight)
-    return pairwise_energy(
-        image,
-        probs,
-        roi,
-        kind="ncut",
-        sigma_rgb=sigma_rgb,
-        sigma_xy=sigma_xy,
-        scale_factor=scale_factor,
-        normalize=False,
-        backend=backend,
-        weight=weight,
-    )
+    device = probs.device if isinstance(probs, Tensor) else torch.device("cpu")
+    with _checks.no_autocast(device):
+        lattice, probs_c, roi_c = prepare_pairwise(
+            image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend
+        )
+        return _NCutEnergy.apply(probs_c, roi_c, lattice, weight)
 
 
 class NormalizedCutLoss(nn.Module):

@@ -14,9 +14,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rloss.constants import voc_palette
-from rloss.crf import dense_crf
 from rloss.data.io import IMAGE_EXTENSIONS, atomic_path
 from rloss.data.transforms import normalize_image as _normalize
+from rloss.meanfield import meanfield_refine
 from rloss.train.checkpoint import load_model
 from rloss.train.run_dir import resolve_checkpoint
 
@@ -90,7 +90,7 @@ def predict_probs(
 def crf_refine(
     image_raw: torch.Tensor, probs: torch.Tensor, params: Mapping[str, Any] | None
 ) -> torch.Tensor:
-    """DenseCRF mean-field post-processing via :mod:`rloss.crf`.
+    """DenseCRF mean-field post-processing via :func:`rloss.meanfield.meanfield_refine`.
 
     Args:
         image_raw: ``(N, 3, H, W)`` float RGB 0..255.
@@ -100,7 +100,7 @@ def crf_refine(
     Returns:
         Refined ``(N, K, H, W)`` probabilities.
     """
-    return dense_crf(image_raw, probs, **dict(params or {}))
+    return meanfield_refine(image_raw, probs, **dict(params or {}))
 
 
 def _expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:

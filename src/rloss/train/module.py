@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from rloss import losses
+from rloss import _threads, losses
 from rloss.constants import IGNORE_INDEX
 from rloss.losses import size_bounds_from_mask
 from rloss.train.checkpoint import to_plain
@@ -97,15 +97,8 @@ def default_threads(local_processes: int) -> int:
     return max(1, cores // max(1, local_processes))
 
 
-def set_threads(n: int) -> None:
-    """Set torch and numba intra-op threads to ``n`` (numba capped at its pool size)."""
-    torch.set_num_threads(n)
-    try:
-        import numba
-
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-    except ImportError:  # pragma: no cover - numba is a core dependency
-        pass
+# one owner of thread control: rloss._threads (re-exported here for old imports)
+set_threads = _threads.set_threads
 
 
 class SegmentationModule(pl.LightningModule):

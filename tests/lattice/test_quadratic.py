@@ -1,11 +1,23 @@
-"""``Lattice.potts``: the fused Potts energy and gradient against ``Lattice.filter``."""
+"""``Lattice.quadratic_form``: the fused quadratic form and gradient against ``Lattice.filter``.
+
+With ``x`` = probabilities and ``r`` = roi it is the relaxed Potts energy of the
+DenseCRF loss, which is how most cases here are set up.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rloss.lattice import Lattice, bilateral_features
+from rloss.lattice import BuildOptions, CapacityHint, Lattice, bilateral_features
+
+
+def potts(lat, probs, roi=None, *, normalize=False, grad_scale=None, probs_stats=False):
+    """``(value, grad[, stats])`` of :meth:`Lattice.quadratic_form` (the old ``potts`` tuple)."""
+    q = lat.quadratic_form(
+        probs, roi, normalize=normalize, grad_scale=grad_scale, stats=probs_stats
+    )
+    return (q.value, q.grad, q.stats) if probs_stats else (q.value, q.grad)
 
 
 def _case(n, k, h, w, device, backend, dtype=torch.float32, seed=0):
@@ -37,7 +49,7 @@ def _by_hand(lat, probs, roi, normalize, grad_scale):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_potts_matches_filter(backend, device, normalize, dtype):
     lat, probs, roi = _case(2, 4, 20, 24, device, backend, dtype)
-    energy, grad = lat.potts(probs, roi, normalize=normalize, grad_scale=0.25)
+    energy, grad = potts(lat, probs, roi, normalize=normalize, grad_scale=0.25)
     want_e, want_g = _by_hand(lat, probs, roi, normalize, 0.25)
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     assert energy.shape == (2,) and energy.dtype == dtype and grad.dtype == dtype
@@ -48,17 +60,17 @@ def test_potts_matches_filter(backend, device, normalize, dtype):
 def test_potts_roi_none_means_ones(backend, device):
     lat, probs, _ = _case(1, 3, 16, 16, device, backend)
     ones = torch.ones(1, 16, 16, device=device)
-    e1, g1 = lat.potts(probs, None, grad_scale=1.0)
-    e2, g2 = lat.potts(probs, ones, grad_scale=1.0)
+    e1, g1 = potts(lat, probs, None, grad_scale=1.0)
+    e2, g2 = potts(lat, probs, ones, grad_scale=1.0)
     torch.testing.assert_close(e1, e2)
     torch.testing.assert_close(g1, g2)
 
 
 def test_potts_without_gradient(backend, device):
     lat, probs, roi = _case(1, 3, 16, 16, device, backend)
-    energy, grad = lat.potts(probs, roi)
+    energy, grad = potts(lat, probs, roi)
     assert grad is None
-    torch.testing.assert_close(energy, lat.potts(probs, roi, grad_scale=1.0)[0])
+    torch.testing.assert_close(energy, potts(lat, probs, roi, grad_scale=1.0)[0])
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 24, 20), (1, 5, 96, 96)])
@@ -74,8 +86,8 @@ def test_numba_fused_equals_filter_path(shape, normalize):
         assert not lat._impl.direct
     probs = torch.randn(n, k, h, w, generator=g).softmax(1)
     roi = (torch.rand(n, h, w, generator=g) > 0.3).float()
-    energy, grad = lat.potts(probs, roi, normalize=normalize, grad_scale=0.5)
-    want_e, want_g = lat._potts_by_filter(probs, roi, normalize, 0.5)
+    energy, grad = potts(lat, probs, roi, normalize=normalize, grad_scale=0.5)
+    want_e, _, want_g = lat._quadratic_by_filter(probs, roi, normalize, 0.5)
     torch.testing.assert_close(energy, want_e, rtol=1e-5, atol=0)
     # identical filtering; only the float32 rounding of the gradient formula differs
     torch.testing.assert_close(grad, want_g, rtol=1e-5, atol=1e-6 * float(want_g.abs().max()))
@@ -84,7 +96,7 @@ def test_numba_fused_equals_filter_path(shape, normalize):
 def test_numba_potts_does_not_modify_inputs():
     lat, probs, roi = _case(2, 3, 16, 16, torch.device("cpu"), "numba")
     p0, r0 = probs.clone(), roi.clone()
-    lat.potts(probs, roi, normalize=True, grad_scale=1.0)
+    potts(lat, probs, roi, normalize=True, grad_scale=1.0)
     assert torch.equal(probs, p0) and torch.equal(roi, r0)
 
 
@@ -93,8 +105,8 @@ def test_potts_accepts_non_contiguous_probs(backend, device):
     lat = Lattice(bilateral_features(image, 15.0, 6.0), backend=backend)
     probs = torch.rand(1, 12, 14, 4, device=device).softmax(-1).permute(0, 3, 1, 2)
     assert not probs.is_contiguous()
-    e1, g1 = lat.potts(probs, None, grad_scale=1.0)
-    e2, g2 = lat.potts(probs.contiguous(), None, grad_scale=1.0)
+    e1, g1 = potts(lat, probs, None, grad_scale=1.0)
+    e2, g2 = potts(lat, probs.contiguous(), None, grad_scale=1.0)
     torch.testing.assert_close(e1, e2)
     torch.testing.assert_close(g1, g2)
 
@@ -102,22 +114,22 @@ def test_potts_accepts_non_contiguous_probs(backend, device):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"roi": torch.ones(1, 8, 9)}, "roi must have shape"),
-        ({"roi": torch.ones(1, 8, 8, dtype=torch.float64)}, "roi must have shape .* dtype"),
+        ({"roi": torch.ones(1, 8, 9)}, "r must have shape"),
+        ({"roi": torch.ones(1, 8, 8, dtype=torch.float64)}, "r must have shape .* dtype"),
     ],
 )
 def test_potts_bad_roi(kwargs, match):
     lat = Lattice(bilateral_features(torch.rand(1, 3, 8, 8) * 255, 15.0, 4.0))
     with pytest.raises(ValueError, match=match):
-        lat.potts(torch.rand(1, 2, 8, 8), **kwargs)
+        potts(lat, torch.rand(1, 2, 8, 8), **kwargs)
 
 
 def test_potts_bad_probs():
     lat = Lattice(bilateral_features(torch.rand(1, 3, 8, 8) * 255, 15.0, 4.0))
     with pytest.raises(ValueError, match="float32 or float64"):
-        lat.potts(torch.rand(1, 2, 8, 8).half())
+        potts(lat, torch.rand(1, 2, 8, 8).half())
     with pytest.raises(ValueError, match="spatial shape"):
-        lat.potts(torch.rand(1, 2, 8, 7))
+        potts(lat, torch.rand(1, 2, 8, 7))
 
 
 # ------------------------------------------------ numba: Potts fused image by image
@@ -133,7 +145,7 @@ def _batch(n, k, h, w, seed=3):
 
 def _built(features):
     lat = Lattice(features, backend="numba")
-    lat._impl._ensure_built()
+    lat._impl.arrays  # noqa: B018 - builds the batch lattice
     return lat
 
 
@@ -146,34 +158,30 @@ def test_numba_per_image_fusion_is_bitwise_the_batch_path(shape, normalize, dtyp
     feats, probs, roi = _batch(*shape)
     probs, roi = probs.to(dtype), roi.to(dtype)
     lazy = Lattice(feats, backend="numba")
-    e1, g1 = lazy.potts(probs, roi, normalize=normalize, grad_scale=0.3)
-    assert not lazy._impl._built
-    e2, g2 = _built(feats).potts(probs, roi, normalize=normalize, grad_scale=0.3)
+    e1, g1 = potts(lazy, probs, roi, normalize=normalize, grad_scale=0.3)
+    assert not lazy._impl.built
+    e2, g2 = potts(_built(feats), probs, roi, normalize=normalize, grad_scale=0.3)
     assert torch.equal(e1, e2) and torch.equal(g1, g2)
 
 
 def test_numba_lazy_lattice_builds_on_first_filter():
     feats, probs, roi = _batch(8, 3, 12, 12)
     lat = Lattice(feats, backend="numba")
-    lat.potts(probs, roi)
-    assert not lat._impl._built
+    potts(lat, probs, roi)
+    assert not lat._impl.built
     out = lat.filter(probs)
-    assert lat._impl._built and lat._impl.num_vertices > 0
+    assert lat._impl.built and lat._impl.num_vertices > 0
     torch.testing.assert_close(out, _built(feats).filter(probs), rtol=0, atol=0)
 
 
-def test_numba_fusion_reruns_when_its_rows_are_too_few(monkeypatch):
-    from rloss.lattice import _numba
-
+def test_numba_fusion_reruns_when_its_rows_are_too_few():
     feats, probs, roi = _batch(8, 3, 20, 20)
-    want = _built(feats).potts(probs, roi, grad_scale=1.0)
-    monkeypatch.setattr(_numba, "_TABLE0", 16)
-    monkeypatch.setattr(_numba, "_LAST_PER_TASK", [1])  # scratch rows: 17
-    calls = []
-    real = _numba._potts_fused
-    monkeypatch.setattr(_numba, "_potts_fused", lambda *a: calls.append(1) or real(*a))
-    got = Lattice(feats, backend="numba").potts(probs, roi, grad_scale=1.0)
-    assert len(calls) == 2
+    want = potts(_built(feats), probs, roi, grad_scale=1.0)
+    hint = CapacityHint(per_task=1)  # scratch rows: max(2 * 1, 16) + 1 = 17
+    lat = Lattice(feats, backend="numba", options=BuildOptions(min_table=16, capacity=hint))
+    got = potts(lat, probs, roi, grad_scale=1.0)
+    assert lat._impl.fused_passes == 2 and not lat._impl.built
+    assert hint.per_task > 17  # the hint learnt the real size
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -181,12 +189,12 @@ def test_numba_fusion_falls_back_when_keys_do_not_pack():
     """A remainder-0 point outside the packed range: the fused kernel gives up and
     the batch lattice is built with full keys; the result is unchanged."""
     feats, probs, roi = _batch(8, 3, 14, 14)
-    want = _built(feats).potts(probs, roi, grad_scale=1.0)
+    want = potts(_built(feats), probs, roi, grad_scale=1.0)
     lat = Lattice(feats, backend="numba")
     pbase, plim, pu = lat._impl._pack
     lat._impl._pack = (pbase, plim * 0, pu)  # every key "out of range"
-    got = lat.potts(probs, roi, grad_scale=1.0)
-    assert lat._impl._built and not lat._impl.packed
+    got = potts(lat, probs, roi, grad_scale=1.0)
+    assert lat._impl.built and not lat._impl.packed
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -203,7 +211,8 @@ def test_numba_build_rejects_non_finite_features():
 def _want_stats(probs, roi):
     s = probs.double().sum(1)
     err = ((s - 1).abs() * (roi > 0)).max()
-    return float(probs.min()), float(probs.max()), float(err)
+    inside = probs.movedim(1, -1)[roi > 0]
+    return float(inside.min()), float(inside.max()), float(err)
 
 
 @pytest.mark.parametrize("path", ["torch", "numba-fused", "numba-batch", "numba-blocks"])
@@ -214,12 +223,12 @@ def test_potts_probs_stats(path):
     feats, probs, roi = _batch(n, 3, h, w)
     probs = probs * 1.003  # sums 1.003 everywhere
     probs[0, 1, 2, 3] = -0.02
-    probs[-1, 0, 4, 5] = 1.5  # roi 0 there: counts for max, not for the sum error
+    probs[-1, 0, 4, 5] = 1.5  # roi 0 there: counts neither for max nor for the sum error
     roi[-1, 4, 5] = 0.0
     lat = Lattice(feats, backend="torch" if path == "torch" else "numba")
     if path == "numba-batch":
-        lat._impl._ensure_built()
-    _, _, stats = lat.potts(probs, roi, grad_scale=1.0, probs_stats=True)
+        lat._impl.arrays  # noqa: B018 - builds
+    _, _, stats = potts(lat, probs, roi, grad_scale=1.0, probs_stats=True)
     lo, hi, err = _want_stats(probs, roi)
     assert stats.finite
     assert stats.min == pytest.approx(lo) and stats.max == pytest.approx(hi)
@@ -227,7 +236,7 @@ def test_potts_probs_stats(path):
     for bad in (float("nan"), float("inf")):
         p2 = probs.clone()
         p2[0, 2, 1, 1] = bad
-        assert not lat.potts(p2, roi, probs_stats=True)[2].finite
+        assert not potts(lat, p2, roi, probs_stats=True)[2].finite
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
@@ -257,11 +266,131 @@ def test_numba_lattice_used_twice_is_built_once_and_reused():
     lattice (kept for later calls) and gives the same result."""
     feats, probs, roi = _batch(8, 3, 12, 12)
     lat = Lattice(feats, backend="numba")
-    first = lat.potts(probs, roi, grad_scale=1.0)
-    assert not lat._impl._built
-    second = lat.potts(probs, roi, grad_scale=1.0)
-    assert lat._impl._built
+    first = potts(lat, probs, roi, grad_scale=1.0)
+    assert not lat._impl.built
+    second = potts(lat, probs, roi, grad_scale=1.0)
+    assert lat._impl.built
     impl = lat._impl
-    lat.potts(probs, roi, grad_scale=1.0)
-    assert lat._impl is impl and impl._built
+    potts(lat, probs, roi, grad_scale=1.0)
+    assert lat._impl is impl and impl.built
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+# ------------------------------------------------ the primitive against the exact filter
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_quadratic_form_against_exact_backend(normalize):
+    """value, volume and grad of the exact backend equal the formula written with the
+    brute-force float64 filter ``W`` (exact is symmetric, so grad is ∂value/∂x exactly)."""
+    from rloss.lattice import exact_filter
+
+    g = torch.Generator().manual_seed(4)
+    feats = torch.rand(2, 5, 7, 6, generator=g) * 3
+    x = torch.rand(2, 3, 7, 6, generator=g, dtype=torch.float64)
+    r = torch.rand(2, 7, 6, generator=g, dtype=torch.float64)
+    q = Lattice(feats, backend="exact").quadratic_form(x, r, normalize=normalize, grad_scale=0.7)
+    f = feats.flatten(2).transpose(1, 2)
+
+    def w(v):
+        return exact_filter(f, v.flatten(2)).view(v.shape)
+
+    s, rr = x * r.unsqueeze(1), r.unsqueeze(1)
+    ws, wr = w(s), w(rr)
+    value = (s * (wr - ws)).sum((1, 2, 3))
+    volume = (rr * wr).sum((1, 2, 3))
+    grad = 0.7 * rr * (wr - 2 * ws)
+    if normalize:
+        value, grad = value / volume, grad / volume.view(2, 1, 1, 1)
+        torch.testing.assert_close(q.volume, volume)
+    else:
+        assert torch.equal(q.volume, torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(q.value, value)
+    torch.testing.assert_close(q.grad, grad)
+    # and grad is the derivative: autograd through the exact filter agrees
+    xg = x.clone().requires_grad_(True)
+    sg = xg * rr
+    val = (sg * (wr - w(sg))).sum((1, 2, 3))
+    val = (val / volume if normalize else val).sum() * 0.7
+    (auto,) = torch.autograd.grad(val, xg)
+    torch.testing.assert_close(q.grad, auto)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_quadratic_form_of_the_lattices_tracks_exact(backend):
+    """The lattice backends track exact: the volume rᵀWr with the lattice's gain (about 0.31
+    on this noise image, measured), and the energy with the same gain within 20%."""
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(1, 3, 20, 20, generator=g) * 255
+    feats = bilateral_features(image, 30.0, 4.0)
+    x = torch.randn(1, 3, 20, 20, generator=g).softmax(1)
+    exact = Lattice(feats, backend="exact").quadratic_form(x.double(), normalize=True)
+    approx = Lattice(feats, backend=backend).quadratic_form(x, normalize=True)
+    gain = float(approx.volume / exact.volume)
+    assert 0.2 < gain < 0.8
+    ratio = float(approx.value * approx.volume / (exact.value * exact.volume))
+    assert ratio == pytest.approx(gain, rel=0.2)
+
+
+def test_potts_is_a_deprecated_alias_of_quadratic_form():
+    feats, probs, roi = _batch(2, 3, 10, 10)
+    lat = Lattice(feats, backend="torch")
+    with pytest.warns(DeprecationWarning, match="quadratic_form"):
+        e, gr = lat.potts(probs, roi, grad_scale=1.0)
+    q = lat.quadratic_form(probs, roi, grad_scale=1.0)
+    assert torch.equal(e, q.value) and torch.equal(gr, q.grad)
+
+
+# ------------------------------------------------ build options (the paths tests pick)
+
+
+@pytest.mark.parametrize("options", [
+    BuildOptions(fused=False),
+    BuildOptions(keys="full"),
+    BuildOptions(serial_below=0),
+    BuildOptions(keys="packed", min_table=16),
+])  # fmt: skip
+def test_every_build_option_gives_bitwise_the_same_quadratic_form(options):
+    feats, probs, roi = _batch(8, 3, 14, 15)
+    want = potts(Lattice(feats, backend="numba"), probs, roi, normalize=True, grad_scale=0.3)
+    lat = Lattice(feats, backend="numba", options=options)
+    got = potts(lat, probs, roi, normalize=True, grad_scale=0.3)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # the fused path runs only when asked for and the keys pack
+    assert lat._impl.built == (not options.fused or options.keys == "full")
+    assert torch.equal(lat.filter(probs), Lattice(feats, backend="numba").filter(probs))
+
+
+def test_build_options_validate():
+    with pytest.raises(ValueError, match="keys must be one of"):
+        BuildOptions(keys="fast")
+    with pytest.raises(ValueError, match="min_table must be a power of two"):
+        BuildOptions(min_table=100)
+    with pytest.raises(ValueError, match="serial_below"):
+        BuildOptions(serial_below=-1)
+    with pytest.raises(TypeError, match="options must be a BuildOptions"):
+        Lattice(torch.rand(1, 3, 4, 4), options={"keys": "full"})
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_packed_keys_required_but_too_wide_is_an_error(backend):
+    g = torch.Generator().manual_seed(7)
+    feats = (torch.rand(1, 5, 1, 300, generator=g) * 2.0**17).contiguous()
+    with pytest.raises(ValueError, match="keys='packed'"):
+        Lattice(feats, backend=backend, options=BuildOptions(keys="packed")).filter(
+            torch.rand(1, 2, 1, 300)
+        )
+    out = Lattice(feats, backend=backend).filter(torch.rand(1, 2, 1, 300))
+    assert bool(torch.isfinite(out).all())
+
+
+def test_capacity_hint_is_owned_by_the_caller():
+    """Builds update the hint named in their options and leave the default alone."""
+    from rloss.lattice import DEFAULT_CAPACITY_HINT
+
+    before = DEFAULT_CAPACITY_HINT.per_task
+    feats, probs, roi = _batch(8, 3, 12, 12)
+    mine = CapacityHint()
+    Lattice(feats, backend="numba", options=BuildOptions(capacity=mine)).quadratic_form(probs, roi)
+    assert mine.per_task != CapacityHint.INITIAL
+    assert DEFAULT_CAPACITY_HINT.per_task == before

@@ -1,0 +1,172 @@
+"""Filtering on a built batch lattice: splat, (reduce), blur, slice.
+
+Values live as ``(vertices + 1, C)`` rows, class index innermost, all C
+channels in one pass; row V is the zero row that missing neighbours point to.
+Splat scatters each pixel into its task's private rows (race-free); with more
+than one task per image the private rows are summed per vertex through the
+CSR vertex -> slots list in a fixed order (deterministic). Splat and slice move
+pixels in tiles of ``TILE``, turning the ``(C, tile)`` block of the
+``(N, C, P)`` tensor into ``(tile, C)`` rows in cache, so both the tensor and
+the lattice rows are read and written contiguously. Blur and slice are
+parallel over vertices and pixels. The kernels take the build's
+:class:`~._build.LatticeArrays` as one argument ``A``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from rloss.lattice import _pool
+from rloss.lattice._numba._layout import CHUNK, TILE, task_pixels
+
+
+@njit(cache=True)
+def scatter_tile(tmp, nb, e_first, dp1, lo, loc, bary, buf):
+    """Add the ``(nb, C)`` tile ``tmp`` (pixels from entry ``e_first`` on) to the
+    rows ``lo + loc[e]`` of ``buf``, weighted (class index innermost, vectorised)."""
+    nch = tmp.shape[1]
+    for b in range(nb):
+        e0 = e_first + b * dp1
+        for r in range(dp1):
+            s = lo + loc[e0 + r]
+            w = bary[e0 + r]
+            for k in range(nch):
+                buf[s, k] += w * tmp[b, k]
+
+
+@njit(parallel=True, cache=True)
+def splat(vals, A, buf):
+    """Scatter each pixel's C values into its task's rows of ``buf`` (zeroed here):
+    row ``A.loff[t] + A.loc[e]`` (``loc`` holds task-local ids).
+
+    Pixels go in tiles of ``TILE``: the tile's ``(C, tile)`` input is read row
+    by row (contiguous) into a ``(tile, C)`` scratch, then each pixel adds its C
+    values to d+1 rows (class index innermost, vectorised).
+    """
+    _, nch, npix = vals.shape
+    dp1 = A.nbr.shape[0]
+    nblk = A.nblk
+    loff = A.loff
+    ntask = loff.shape[0] - 1
+    for t in prange(ntask):
+        n, p0, p1 = task_pixels(t, nblk, npix)
+        lo = loff[t]
+        buf[lo : loff[t + 1]] = 0.0
+        tmp = np.empty((TILE, nch), vals.dtype)
+        for q0 in range(p0, p1, TILE):
+            nb = min(TILE, p1 - q0)
+            for k in range(nch):
+                for b in range(nb):
+                    tmp[b, k] = vals[n, k, q0 + b]
+            scatter_tile(tmp, nb, (n * npix + q0) * dp1, dp1, lo, A.loc, A.bary, buf)
+
+
+@njit(parallel=True, cache=True)
+def reduce_slots(buf, ptr, idx, out):
+    """``out[v] = sum of buf[idx[ptr[v]:ptr[v+1]]]`` (fixed order); ``out[V] = 0``."""
+    nvert = ptr.shape[0] - 1
+    nch = buf.shape[1]
+    nchunk = (nvert + CHUNK - 1) // CHUNK
+    for c in prange(nchunk):
+        for v in range(c * CHUNK, min(nvert, (c + 1) * CHUNK)):
+            for k in range(nch):
+                out[v, k] = 0.0
+            for i in range(ptr[v], ptr[v + 1]):
+                s = idx[i]
+                for k in range(nch):
+                    out[v, k] += buf[s, k]
+    for k in range(nch):
+        out[nvert, k] = 0.0
+
+
+@njit(cache=True)
+def blur_rows(src, dst, nbr, j, v0, v1, half):
+    """Rows ``v0 .. v1`` of blur pass ``j``: ``dst[v] = src[v] + half (src[n1] + src[n2])``."""
+    nch = src.shape[1]
+    for v in range(v0, v1):
+        n1 = nbr[j, v, 0]
+        n2 = nbr[j, v, 1]
+        for k in range(nch):
+            dst[v, k] = src[v, k] + half * (src[n1, k] + src[n2, k])
+
+
+@njit(parallel=True, cache=True)
+def blur(a, b, nbr, half):
+    """d+1 passes ``new = old + half * (old[n1] + old[n2])``.
+
+    Returns 0 when the result is in ``a``, 1 when it is in ``b``.
+    """
+    dp1 = nbr.shape[0]
+    nvert = nbr.shape[1]
+    nch = a.shape[1]
+    nchunk = (nvert + CHUNK - 1) // CHUNK
+    for k in range(nch):
+        b[nvert, k] = 0.0
+    for j in range(dp1):
+        src = a if j % 2 == 0 else b
+        dst = b if j % 2 == 0 else a
+        for c in prange(nchunk):
+            blur_rows(src, dst, nbr, j, c * CHUNK, min(nvert, (c + 1) * CHUNK), half)
+    return dp1 % 2
+
+
+@njit(cache=True)
+def gather_tile(lat, nb, e_first, dp1, ob, off, bary, alpha, acc):
+    """``acc[b, :] = sum_r (alpha * bary) * lat[ob + off[e], :]`` for the ``nb`` pixels
+    whose entries start at ``e_first`` (class index innermost, vectorised)."""
+    nch = acc.shape[1]
+    for b in range(nb):
+        e0 = e_first + b * dp1
+        v = ob + off[e0]
+        w = bary[e0] * alpha
+        for k in range(nch):
+            acc[b, k] = w * lat[v, k]
+        for r in range(1, dp1):
+            v = ob + off[e0 + r]
+            w = bary[e0 + r] * alpha
+            for k in range(nch):
+                acc[b, k] += w * lat[v, k]
+
+
+@njit(parallel=True, cache=True)
+def slice_values(lat, A, alpha, out):
+    """``out[n, :, p] = sum_r (alpha * bary) * lat[vertex_r]``, ``vertex_r = obase[t] + vid[e]``.
+
+    Pixels go in tiles of ``TILE``: each pixel's C outputs are accumulated in a
+    ``(tile, C)`` scratch from d+1 contiguous rows (class index innermost), then
+    the tile is written out row by row (contiguous).
+    """
+    n_img, nch, npix = out.shape
+    dp1 = A.nbr.shape[0]
+    nblk = A.nblk
+    ntask = n_img * nblk
+    for t in prange(ntask):
+        n, p0, p1 = task_pixels(t, nblk, npix)
+        ob = A.obase[t]
+        acc = np.empty((TILE, nch), out.dtype)
+        for q0 in range(p0, p1, TILE):
+            nb = min(TILE, p1 - q0)
+            gather_tile(lat, nb, (n * npix + q0) * dp1, dp1, ob, A.vid, A.bary, alpha, acc)
+            for k in range(nch):
+                for b in range(nb):
+                    out[n, k, q0 + b] = acc[b, k]
+
+
+def splat_blur(A, num_vertices, splat_fn, args, nch, dt):
+    """Splat with ``splat_fn(*args, A, rows)``, reduce the task rows if needed, then blur.
+
+    Returns the blurred ``(V + 1, nch)`` rows (pooled memory).
+    """
+    lat_a = _pool.empty((num_vertices + 1, nch), dt)
+    if A.nblk == 1:
+        splat_fn(*args, A, lat_a)
+        lat_a[num_vertices] = 0.0
+    else:
+        buf = _pool.empty((int(A.loff[-1]), nch), dt)
+        splat_fn(*args, A, buf)
+        reduce_slots(buf, A.ptr, A.idx, lat_a)
+        del buf
+    lat_b = _pool.empty(lat_a.shape, dt)
+    which = blur(lat_a, lat_b, A.nbr, dt.type(0.5))
+    return lat_b if which == 1 else lat_a

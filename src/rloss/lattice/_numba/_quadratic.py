@@ -1,0 +1,237 @@
+r"""The fused quadratic form ``Σ_k s_kᵀ W (r − s_k)`` and its gradient, ``s_k = x_k ⊙ r``.
+
+For values ``x`` ``(N, K, P)`` and weights ``r`` ``(N, P)``, per image::
+
+    e_n = Σ_k s_kᵀ W (r − s_k)        v_n = rᵀ W r        (normalize: e_n / v_n)
+    g   = c_n · r ⊙ (W r − 2 W s_k)   c_n = grad_scale (÷ v_n when normalize)
+
+The splat reads ``x`` and ``r`` and forms the ``K + 1`` channels ``[x ⊙ r, r]``
+tile by tile (``splat_weighted``), and the slice contracts ``[W s, W r]``
+straight into ``e_n`` and ``g`` (``slice_quadratic``): no ``(N, K + 1, P)``
+tensor is written and no elementwise pass over one follows. On a lattice with
+one pixel block per image, ``quadratic_fused`` goes further: it builds,
+splats, blurs and slices one image per task in the scratch rows of the thread
+that runs it, never forming the batch lattice.
+
+While the values pass through the splat, it folds raw value statistics into
+``stats`` rows (float64, 4 per task or image): ``[0]`` min and ``[1]`` max of
+``x`` over pixels with ``r > 0``, ``[2]`` the largest ``|Σ_k x_k − 1|`` over
+those pixels, ``[3]`` a sum that is NaN exactly when some value of ``x``
+anywhere is NaN or infinite. They cost no extra pass; what they mean (e.g.
+"probabilities") is for the caller to decide.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from rloss.lattice._numba._build import local_packed_task, neighbours_local
+from rloss.lattice._numba._filter import blur_rows, gather_tile, scatter_tile
+from rloss.lattice._numba._layout import TILE, task_pixels
+
+
+@njit(cache=True)
+def splat_weighted_range(x, r, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp, stats):
+    """Splat ``[x * r, r]`` of pixels ``p0 .. p1`` of image ``n`` (entries from
+    ``e_first``) into rows ``lo + loc[e]`` of ``buf``; ``tmp`` is ``(TILE, K + 1)``;
+    folds the statistics of the module docstring into ``stats`` (4,)."""
+    k = x.shape[1]
+    dt = x.dtype
+    psum = np.empty(TILE, dt)
+    pmin = np.empty(TILE, dt)
+    pmax = np.empty(TILE, dt)
+    for q0 in range(p0, p1, TILE):
+        nb = min(TILE, p1 - q0)
+        for b in range(nb):
+            tmp[b, k] = r[n, q0 + b]
+            v = x[n, 0, q0 + b]
+            psum[b] = v
+            pmin[b] = v
+            pmax[b] = v
+            tmp[b, 0] = v * tmp[b, k]
+        for c in range(1, k):
+            for b in range(nb):
+                v = x[n, c, q0 + b]
+                tmp[b, c] = v * tmp[b, k]
+                psum[b] += v
+                pmin[b] = v if v < pmin[b] else pmin[b]
+                pmax[b] = v if v > pmax[b] else pmax[b]
+        for b in range(nb):
+            sb = np.float64(psum[b])
+            stats[3] += sb - sb
+            if tmp[b, k] > 0:
+                stats[0] = min(stats[0], np.float64(pmin[b]))
+                stats[1] = max(stats[1], np.float64(pmax[b]))
+                stats[2] = max(stats[2], abs(sb - 1.0))
+        scatter_tile(tmp, nb, e_first + (q0 - p0) * dp1, dp1, lo, loc, bary, buf)
+
+
+@njit(cache=True)
+def stats_init(stats):
+    """Start values of the ``stats`` rows (see the module docstring)."""
+    for t in range(stats.shape[0]):
+        stats[t, 0] = np.inf
+        stats[t, 1] = -np.inf
+        stats[t, 2] = 0.0
+        stats[t, 3] = 0.0
+
+
+def stats_summary(stats: np.ndarray) -> tuple[float, float, float, bool]:
+    """Reduce per-task ``stats`` rows to plain ``(min, max, sum_error, finite)``.
+
+    ``min``/``max`` are ``inf``/``-inf`` when no pixel has ``r > 0``.
+    """
+    finite = bool(np.isfinite(stats[:, 3]).all())
+    return float(stats[:, 0].min()), float(stats[:, 1].max()), float(stats[:, 2].max()), finite
+
+
+@njit(parallel=True, cache=True)
+def splat_weighted(x, r, stats, A, buf):
+    """:func:`~._filter.splat` of the ``K + 1`` channels ``[x * r, r]`` without forming them.
+
+    The products are those the caller would compute (same rounding), so the
+    result equals ``splat`` of the concatenation bit for bit. ``stats[t]`` gets
+    task ``t``'s value statistics.
+    """
+    _, k, npix = x.shape
+    dp1 = A.nbr.shape[0]
+    nblk = A.nblk
+    loff = A.loff
+    ntask = loff.shape[0] - 1
+    for t in prange(ntask):
+        n, p0, p1 = task_pixels(t, nblk, npix)
+        lo = loff[t]
+        buf[lo : loff[t + 1]] = 0.0
+        tmp = np.empty((TILE, k + 1), x.dtype)
+        e_first = (n * npix + p0) * dp1
+        splat_weighted_range(x, r, n, p0, p1, e_first, dp1, lo, A.loc, A.bary, buf, tmp, stats[t])
+
+
+@njit(cache=True)
+def channel_dot_range(lat, ch, dp1, off, ob, bary, alpha, roi, n, p0, p1, e_first):
+    """``sum_p roi[n, p] * (W v)[ch, p]`` over pixels ``p0 .. p1`` (float64)."""
+    total = 0.0
+    for p in range(p0, p1):
+        e0 = e_first + (p - p0) * dp1
+        x = bary[e0] * alpha * lat[ob + off[e0], ch]
+        for r in range(1, dp1):
+            x += bary[e0 + r] * alpha * lat[ob + off[e0 + r], ch]
+        total += roi[n, p] * x
+    return total
+
+
+@njit(parallel=True, cache=True)
+def slice_channel_dot(lat, ch, A, alpha, r, part):
+    """``part[t] = sum_p r[p] * (W v)[ch, p]`` over task ``t``'s pixels (float64)."""
+    n_img, npix = r.shape
+    dp1 = A.nbr.shape[0]
+    nblk = A.nblk
+    ntask = n_img * nblk
+    for t in prange(ntask):
+        n, p0, p1 = task_pixels(t, nblk, npix)
+        e_first = (n * npix + p0) * dp1
+        part[t] = channel_dot_range(
+            lat, ch, dp1, A.vid, A.obase[t], A.bary, alpha, r, n, p0, p1, e_first
+        )
+
+
+@njit(cache=True)
+def quadratic_range(lat, dp1, off, ob, bary, alpha, x, r, n, p0, p1, e_first, c, want, grad):
+    """Slice and contract pixels ``p0 .. p1`` of image ``n`` (see ``slice_quadratic``);
+    returns their ``Σ_k s_k (W r − W s_k)`` (float64 sum of per-tile sums)."""
+    k = x.shape[1]
+    two = x.dtype.type(2.0)
+    acc = np.empty((TILE, k + 1), x.dtype)
+    total = 0.0
+    for q0 in range(p0, p1, TILE):
+        nb = min(TILE, p1 - q0)
+        gather_tile(lat, nb, e_first + (q0 - p0) * dp1, dp1, ob, off, bary, alpha, acc)
+        tile = x.dtype.type(0.0)
+        for j in range(k):
+            for b in range(nb):
+                rb = r[n, q0 + b]
+                wr = acc[b, k]
+                ws = acc[b, j]
+                tile += x[n, j, q0 + b] * rb * (wr - ws)
+                if want:
+                    grad[n, j, q0 + b] = c * rb * (wr - two * ws)
+        total += tile
+    return total
+
+
+@njit(parallel=True, cache=True)
+def slice_quadratic(lat, A, alpha, x, r, coef, want, grad, part):
+    """Slice ``[W s, W r]`` and contract it on the fly (no ``(N, K+1, P)`` output).
+
+    Per pixel ``Σ_k s_k ((W r) − (W s)_k)`` is summed into ``part[t]`` (float64
+    per tile), and when ``want`` the gradient
+    ``grad[n, k, p] = coef[n] * r_p * ((W r)_p - 2 (W s)_kp)`` is written.
+    """
+    n_img, _, npix = x.shape
+    dp1 = A.nbr.shape[0]
+    nblk = A.nblk
+    ntask = n_img * nblk
+    for t in prange(ntask):
+        n, p0, p1 = task_pixels(t, nblk, npix)
+        e_first = (n * npix + p0) * dp1
+        part[t] = quadratic_range(
+            lat, dp1, A.vid, A.obase[t], A.bary, alpha, x, r, n, p0, p1, e_first,
+            coef[n], want, grad,
+        )  # fmt: skip
+
+
+@njit(parallel=True, cache=True)
+def quadratic_fused(
+    feats, scale, pbase, plim, pu, alpha, x, r, normalize, grad_scale, want,
+    grad, part, volume, stats, counts, s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
+):  # fmt: skip
+    """Build, splat, blur and slice one image per task, never forming a batch lattice.
+
+    Each image's entries, keys, table, neighbours and lattice rows live in the
+    scratch row ``s_*[thread]`` of the thread that runs it, so they stay in that
+    core's cache from the build to the slice. The vertex numbering and every
+    floating-point operation are those of the batch path with one block per
+    image (``build_local_packed`` ... ``slice_quadratic``): results are identical.
+
+    ``counts[n]`` = the image's vertex count; -1 when a key is outside the
+    packable range (nothing else done for that image). When the count does not
+    fit the scratch rows (``s_lat_a.shape[1] - 1``), the image is left for the
+    caller to rerun with larger ones. ``stats[n]`` gets the image's statistics.
+    """
+    n_img, npix, d = feats.shape
+    dp1 = d + 1
+    k = x.shape[1]
+    rows = s_lat_a.shape[1]
+    half = x.dtype.type(0.5)
+    tiny = np.finfo(x.dtype).tiny
+    for n in prange(n_img):
+        tid = numba.get_thread_id()
+        loc, bary, hh = s_loc[tid], s_bary[tid], s_hh[tid]
+        cnt, table = local_packed_task(
+            feats, scale, n, 0, npix, 0, loc, bary, hh, pbase, plim, pu, s_table[tid]
+        )
+        counts[n] = cnt
+        if cnt < 0 or cnt + 1 > rows:
+            continue
+        nbr = s_nbr[tid]
+        neighbours_local(hh, cnt, table, pu, nbr)
+        lat_a, lat_b = s_lat_a[tid], s_lat_b[tid]
+        lat_a[: cnt + 1] = 0.0
+        tmp = np.empty((TILE, k + 1), x.dtype)
+        splat_weighted_range(x, r, n, 0, npix, 0, dp1, 0, loc, bary, lat_a, tmp, stats[n])
+        lat_b[cnt] = 0.0
+        for j in range(dp1):
+            if j % 2 == 0:
+                blur_rows(lat_a, lat_b, nbr, j, 0, cnt, half)
+            else:
+                blur_rows(lat_b, lat_a, nbr, j, 0, cnt, half)
+        lat = lat_b if dp1 % 2 == 1 else lat_a
+        vol = 1.0
+        if normalize:
+            vol = channel_dot_range(lat, k, dp1, loc, 0, bary, alpha, r, n, 0, npix, 0)
+            vol = max(vol, tiny)
+        c = x.dtype.type(grad_scale / vol)
+        part[n] = quadratic_range(lat, dp1, loc, 0, bary, alpha, x, r, n, 0, npix, 0, c, want, grad)
+        volume[n] = vol
