@@ -14,7 +14,11 @@ import torch
 
 #: Modules whose docstring examples are not run yet, each with the reason
 #: (owned by another part of the project; remove the entry once fixed).
-collect_ignore: list[str] = []
+collect_ignore: list[str] = [
+    # a deprecated alias module that warns on import (its target, rloss.lattice._exact,
+    # is collected under its own name)
+    "rloss/lattice/exact.py",
+]
 
 #: What a deprecated alias module does: it replaces itself in ``sys.modules`` by
 #: the module it names (``rloss.data.synth`` -> ``rloss.data.scribble_synthesis``).
