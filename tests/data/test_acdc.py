@@ -126,6 +126,22 @@ def test_malformed_file_named(tmp_path, kind, match, capsys):
     assert lines[0].startswith("rloss data acdc: error")
 
 
+def test_huge_declared_shape_is_refused_before_reading(tmp_path, capsys):
+    # an untrusted file may declare a huge dataset that costs nothing on disk (chunked,
+    # never written): its shape is bounded before any array is read
+    make_root(tmp_path)
+    bad = tmp_path / acdc.SLICES_DIR / "patient030_frame01_slice_0.h5"
+    with h5py.File(bad, "w") as fh:
+        for key, dtype in (("image", "f4"), ("label", "u1"), ("scribble", "u2")):
+            fh.create_dataset(key, shape=(200_000, 200_000), dtype=dtype, chunks=(64, 64))
+    assert bad.stat().st_size < 1_000_000
+    with pytest.raises(ValueError, match=r"more than the limit"):
+        acdc.check_root(tmp_path)
+    assert main(["data", "acdc", "--root", str(tmp_path), "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "more than the limit" in lines[0]
+
+
 def test_volume_must_be_3d(tmp_path):
     _write_raw(tmp_path / acdc.VOLUMES_DIR / "patient061_frame01.h5", *(), **dict(
         zip(("image", "label", "scribble"), _arrays((12, 10)))))

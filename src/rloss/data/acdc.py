@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from rloss._io import check_array_size
 from rloss.constants import IGNORE_INDEX
 from rloss.data.io import DataError
 
@@ -253,7 +254,7 @@ def check_file(path: str | Path, ndim: int) -> FileStats:
             raise DataError(
                 f"{path}: missing dataset(s) {missing} (want {list(KEYS)}, found {sorted(fh)})"
             )
-        shapes = {k: tuple(fh[k].shape) for k in KEYS}
+        shapes = {k: check_array_size(fh[k].shape, f"{path}:{k}") for k in KEYS}
         if len(set(shapes.values())) != 1:
             raise DataError(f"{path}: shape mismatch between image/label/scribble: {shapes}")
         shape = shapes["image"]
@@ -492,6 +493,8 @@ def _read(path: Path, index: int | None = None) -> tuple[np.ndarray, np.ndarray,
     try:
         with h5py.File(path, "r") as fh:
             sel = () if index is None else (index,)
+            for key in KEYS:  # untrusted sizes are bounded before anything is read
+                check_array_size(fh[key].shape, f"{path}:{key}")
             return (np.asarray(fh["image"][sel]), np.asarray(fh["scribble"][sel]),
                     np.asarray(fh["label"][sel]))
     except KeyError as err:
