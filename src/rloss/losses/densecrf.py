@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from rloss import checks as _checks
 from rloss.lattice import Lattice
+from rloss.losses.composite import TermInputs
 
 __all__ = [
     "DEFAULT_SIGMA_RGB",
@@ -416,7 +417,7 @@ class DenseCRFLoss(nn.Module):
     """
 
     #: How :class:`~rloss.losses.CompositeLoss` feeds this term.
-    inputs: ClassVar[str] = "image_probs_roi"
+    inputs: ClassVar[TermInputs] = TermInputs.IMAGE_PROBS_ROI
 
     def __init__(
         self,

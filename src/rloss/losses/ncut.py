@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from rloss import checks as _checks
 from rloss.lattice import Lattice
+from rloss.losses.composite import TermInputs
 from rloss.losses.densecrf import prepare_pairwise
 
 __all__ = ["NCUT_EPS", "NormalizedCutLoss", "ncut_loss"]
@@ -156,7 +157,7 @@ class NormalizedCutLoss(nn.Module):
         >>> loss = nc(torch.rand(1, 3, 32, 32) * 255, torch.randn(1, 3, 32, 32).softmax(1))
     """
 
-    inputs: ClassVar[str] = "image_probs_roi"
+    inputs: ClassVar[TermInputs] = TermInputs.IMAGE_PROBS_ROI
 
     def __init__(
         self,
