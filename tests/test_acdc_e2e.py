@@ -28,7 +28,7 @@ def test_train_then_eval_two_volumes(acdc_dev, tmp_path, capsys):
               "data.val_patients=61", "data.crop_size=64", "data.batch_size=4",
               "trainer.max_steps=3", "optim.total_iters=3", "trainer.threads=1"]
     phase1 = tmp_path / "pce"
-    rc = main(["train", str(REPO / "configs/acdc_scribble/unet_pce_cpu.yaml"),
+    rc = main(["train", str(REPO / "configs/acdc_scribble/unet_pce_warmup_cpu.yaml"),
                "--run-dir", str(phase1), *common])
     assert rc == 0
     run = tmp_path / "run"

@@ -30,7 +30,7 @@ def _tiny_root(root: Path) -> Path:
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs" / "acdc_scribble"
 NAMES = ["unet_pce", "unet_densecrf", "unet_ncut", "unet_size", "unet_full",
-         "unet_pce_cpu", "unet_densecrf_cpu", "unet_full_cpu"]
+         "unet_pce_cpu", "unet_pce_warmup_cpu", "unet_densecrf_cpu", "unet_full_cpu"]
 
 
 @pytest.mark.parametrize("name", NAMES)
