@@ -35,7 +35,7 @@ from rloss.train.volume_eval import (
     volume_metrics,
 )
 
-SIGMA_XY = (5.0, 10.0, 20.0)
+SIGMA_XY = (5.0, 15.0)
 APPEARANCE = (2.0, 5.0)
 VARIANTS = (("2d", None), ("3d", 3.3), ("3d", 6.5))
 
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune", default="61-65", help="patients the setting is chosen on")
     ap.add_argument("--test", default="66-70", help="patients it is reported on")
     ap.add_argument("--out", help="JSON of every setting's scores")
+    ap.add_argument("--sigma-xy", type=float, nargs="+", default=list(SIGMA_XY))
+    ap.add_argument("--appearance-weight", type=float, nargs="+", default=list(APPEARANCE))
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     base = {n: p.argmax(0).numpy() for n, p in probs.items()}
     results.append({"variant": "none", "tune": _score(base, labels, tune),
                     "test": _score(base, labels, test), "all": _score(base, labels, every)})
-    grid = list(itertools.product(VARIANTS, SIGMA_XY, APPEARANCE))
+    grid = list(itertools.product(VARIANTS, args.sigma_xy, args.appearance_weight))
     for k, ((mode, sd), sxy, wa) in enumerate(grid):
         params = {"sigma_xy": sxy, "appearance_weight": wa}
         if sd is not None:
