@@ -167,6 +167,19 @@ def _probs(n: int, k: int, h: int, w: int, seed: int = 1):
     return logits.softmax(1).contiguous()
 
 
+def _value_and_grad(loss_fn, image, softmax):
+    """The timed callable of the loss suites: the loss and its gradient in ``probs``."""
+    import torch
+
+    def run():
+        probs = softmax.detach().requires_grad_(True)
+        loss = loss_fn(image, probs)
+        (grad,) = torch.autograd.grad(loss, probs)
+        return grad
+
+    return run
+
+
 def _workload(spec: dict):
     """Return a zero-argument callable running one measured iteration."""
     import torch
@@ -192,15 +205,7 @@ def _workload(spec: dict):
         image = synthetic_images(n, h, w).to(dev)
         loss_fn = DenseCRFLoss(weight=2e-9, sigma_rgb=SIGMA_RGB, sigma_xy=SIGMA_XY, backend=backend)
         logits = torch.randn(n, k, h, w, generator=torch.Generator().manual_seed(2))
-        softmax = logits.softmax(1).to(dev)
-
-        def run():
-            probs = softmax.detach().requires_grad_(True)
-            loss = loss_fn(image, probs)
-            (grad,) = torch.autograd.grad(loss, probs)
-            return grad
-
-        return run
+        return _value_and_grad(loss_fn, image, logits.softmax(1).to(dev))
     if suite == "crf3d":
         from rloss.losses import DenseCRFLoss
 
@@ -211,15 +216,7 @@ def _workload(spec: dict):
         logits = torch.randn(n, k, d // 4 + 1, h // 8 + 1, w // 8 + 1,
                              generator=torch.Generator().manual_seed(2)) * 3
         logits = torch.nn.functional.interpolate(logits, size=(d, h, w), mode="trilinear")
-        softmax = logits.softmax(1).contiguous().to(dev)
-
-        def run():
-            probs = softmax.detach().requires_grad_(True)
-            loss = loss_fn(image, probs)
-            (grad,) = torch.autograd.grad(loss, probs)
-            return grad
-
-        return run
+        return _value_and_grad(loss_fn, image, logits.softmax(1).contiguous().to(dev))
     if suite == "step":
         import segmentation_models_pytorch as smp
 
