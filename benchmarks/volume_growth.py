@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import CRF3D_SIGMA_XY, CRF3D_SPACING, SIGMA_RGB, synthetic_volume  # noqa: E402
-
-from rloss.losses import DenseCRFLoss  # noqa: E402
+from rloss.losses import DenseCRFLoss
+from run import CRF3D_SIGMA_XY, CRF3D_SPACING, SIGMA_RGB, synthetic_volume
 
 SIZES = ((2, 128), (8, 128), (16, 128), (32, 128), (64, 128), (16, 256))
 
@@ -39,7 +38,7 @@ def main() -> None:
         soft = torch.nn.functional.interpolate(logits, size=(d, h, h), mode="trilinear")
         soft = soft.softmax(1).contiguous()
 
-        def run():
+        def run(soft=soft, image=image):
             p = soft.detach().requires_grad_(True)
             torch.autograd.grad(loss_fn(image, p), p)
 

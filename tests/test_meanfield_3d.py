@@ -102,7 +102,7 @@ def test_module_and_bad_volume_inputs():
 
 
 def test_refine_volume_modes():
-    image, probs, gt = _toy_volume(d=3, seed=5)
+    image, probs, _ = _toy_volume(d=3, seed=5)
     img, p = image[0, 0], probs[0]  # (D, H, W), (K, D, H, W)
     q2 = ve.refine_volume(img, p, "2d", {"sigma_xy": 5.0}, backend="exact")
     want2 = meanfield_refine(img[:, None], p.movedim(1, 0).contiguous(), backend="exact",
@@ -169,9 +169,10 @@ def test_evaluate_volumes_with_crf(tmp_path):
 def test_eval_command_crf_2d_and_3d(tmp_path, capsys):
     import json
 
+    from tests.train.test_volume_eval import _save_run, _volume
+
     from rloss.cli import main
     from rloss.data import acdc
-    from tests.train.test_volume_eval import _save_run, _volume
 
     lab = _volume()
     acdc.write_h5(tmp_path / "data" / acdc.VOLUMES_DIR / "patient061_frame01.h5",

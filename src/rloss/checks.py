@@ -329,7 +329,7 @@ def check_same_rank(image: Tensor, probs: Tensor, probs_name: str = "probs") -> 
         >>> checks.check_same_rank(torch.zeros(1, 1, 2, 4, 4), torch.zeros(1, 3, 4, 4))
         Traceback (most recent call last):
         ...
-        ValueError: probs is 4-D (1, 3, 4, 4) but image is 5-D (1, 1, 2, 4, 4): pass both as images (probs (N, K, H, W), image (N, C, H, W)) or both as volumes (probs (N, K, D, H, W), image (N, C, D, H, W))
+        ValueError: probs is 4-D (1, 3, 4, 4) but image is 5-D (1, 1, 2, 4, 4): pass both ...
     """
     if image.dim() != probs.dim():
         raise ValueError(
@@ -356,7 +356,7 @@ def check_spacing(
         >>> checks.check_spacing((1.5, 1.5), 3)
         Traceback (most recent call last):
         ...
-        ValueError: spacing must have 3 values (sd, sh, sw), one voxel size per spatial axis, got (1.5, 1.5)
+        ValueError: spacing must have 3 values (sd, sh, sw), one voxel size per ... (1.5, 1.5)
     """
     if spacing is None:
         return None

@@ -39,7 +39,8 @@ def _brute_potts(image, probs, roi, sigma_rgb, sigma_xy, spacing):
     total = 0.0
     for b in range(n):
         inten = image[b].reshape(c, -1).T.double()
-        d2 = torch.cdist(pos, pos) ** 2 / sigma_xy**2 + torch.cdist(inten, inten) ** 2 / sigma_rgb**2
+        d2 = torch.cdist(pos, pos) ** 2 / sigma_xy**2
+        d2 = d2 + torch.cdist(inten, inten) ** 2 / sigma_rgb**2
         wmat = torch.exp(-0.5 * d2)
         s = probs[b].reshape(probs.shape[1], -1).T.double()
         r = roi[b].reshape(-1).double()

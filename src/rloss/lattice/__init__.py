@@ -226,6 +226,16 @@ def features_from_image(
 
     Returns:
         ``(N, P + C, *spatial)`` float32, ``P`` the number of kept axes.
+
+    Example:
+        >>> import torch
+        >>> from rloss.lattice import bilateral_features, features_from_image
+        >>> vol = torch.rand(1, 1, 1, 4, 5) * 255  # one slice: drop its z
+        >>> f = features_from_image(vol, 15.0, (None, 2.0, 2.0))
+        >>> f.shape, f.is_contiguous()
+        (torch.Size([1, 3, 1, 4, 5]), False)
+        >>> torch.equal(f[:, :, 0], bilateral_features(vol[:, :, 0], 15.0, 2.0))
+        True
     """
     n, c, *spatial = (int(v) for v in image.shape)
     nd = len(spatial)
@@ -397,7 +407,8 @@ class Lattice:
 
         Args:
             values: ``(N, C, H, W)``, ``(N, C, D, H, W)`` or ``(N, C, P)``
-                (matching the features' layout), any float dtype; half precision is computed in float32.
+                (matching the features' layout), any float dtype; half precision
+                is computed in float32.
                 All C channels are filtered in one pass.
             check_finite: raise ``ValueError`` when ``values`` has NaN/Inf.
 

@@ -140,7 +140,7 @@ def _resize(
     the 2-D kernels, so that a one-slice volume matches its slice bit for bit.
     """
     if len(scales) == 3 and scales[0] == 1.0:
-        n, k, d, h, w = probs.shape
+        n, _, d, h, w = probs.shape
         flat = lambda t: t.movedim(2, 1).reshape(n * d, t.shape[1], h, w)  # noqa: E731
         inplane = scales[1] if scales[1] == scales[2] else scales[1:]
         img2, pr2, roi2 = _resize(flat(image), flat(probs), flat(roi.unsqueeze(1)).squeeze(1),
@@ -501,7 +501,8 @@ class DenseCRFLoss(nn.Module):
         return (
             f"weight={self.weight:g}, sigma_rgb={self.sigma_rgb:g}, sigma_xy={self.sigma_xy:g}, "
             f"scale_factor={_fmt_scale(self.scale_factor)}, normalize={self.normalize}, "
-            f"backend={self.backend!r}" + ("" if self.spacing is None else f", spacing={self.spacing}")
+            f"backend={self.backend!r}"
+            + ("" if self.spacing is None else f", spacing={self.spacing}")
         )
 
     def forward(self, image: Tensor, probs: Tensor, roi: Tensor | None = None) -> Tensor:
