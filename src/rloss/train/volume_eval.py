@@ -69,12 +69,13 @@ CRF_MODES: tuple[str, ...] = ("2d", "3d")
 #: Mean-field parameters for ACDC volumes (``rloss eval --kind acdc --crf``), lengths in
 #: in-plane voxels (the WSL4MIS files carry no spacing). ``slice_spacing`` is the assumed
 #: distance between slices in in-plane voxels: ACDC's ~1.5 mm pixels and 5-10 mm slice
-#: spacing (Bernard et al. 2018) give 3.3-6.7; 6.5 is the common 10 mm / 1.5 mm. Chosen on
-#: the development patients 61-65 (docs/medical.md, *Mean-field refinement*).
+#: spacing (Bernard et al. 2018) give 3.3-6.7; 6.5 is the common 10 mm / 1.5 mm (3.3 scored
+#: the same). ``sigma_xy`` 5 was chosen among 5, 15, 30 on the development patients 61-65
+#: for the DenseCRF recipe's network (docs/medical.md, *Mean-field refinement*).
 ACDC_CRF: dict[str, float] = {
     "num_iterations": 5,
     "sigma_rgb": 15.0,
-    "sigma_xy": 10.0,
+    "sigma_xy": 5.0,
     "appearance_weight": 3.0,
     "smoothness_sigma": 1.0,
     "smoothness_weight": 1.0,
