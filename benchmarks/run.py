@@ -31,6 +31,10 @@ with ``torch.cuda.synchronize()`` and the peak is ``torch.cuda.max_memory_alloca
 ``benchmarks/gpu_check.sh`` is the one-shot GPU check built on it.
 * ``growth``: time vs pixels (64² .. 1024², K=21) and vs K (2 .. 60, 256²), table
   and PNG plot in ``benchmarks/out/``.
+* ``crf3d``: ``DenseCRFLoss`` forward + backward on 1-channel volumes ``(1, 1, D, H, W)``,
+  K=4 (features x, y, z, I: d=4), ``normalize=True``, ``spacing=(5, 1.5, 1.5)`` mm and
+  ``sigma_xy=10`` mm, ``sigma_rgb=15``: 8x128², 16x256², 64x128² voxels (issue 15); the
+  table adds ns per voxel, which is flat when the cost grows linearly in voxels.
 
 Method. Every (case, backend) runs in a fresh child process so that one
 measurement's allocations and caches do not leak into the next. The child builds
@@ -78,6 +82,9 @@ FILTER_CASES = [
     (32, 2, 224, 224),
 ]
 CRF_CASES = [(12, 21, 256, 256), (1, 21, 256, 256)]
+CRF3D_CASES = [(1, 4, 8, 128, 128), (1, 4, 16, 256, 256), (1, 4, 64, 128, 128)]
+CRF3D_SPACING = (5.0, 1.5, 1.5)
+CRF3D_SIGMA_XY = 10.0
 GROWTH_SIDES = [64, 128, 256, 512, 1024]
 GROWTH_KS = [2, 5, 10, 21, 40, 60]
 GROWTH_K = 21
@@ -130,6 +137,27 @@ def synthetic_images(n: int, h: int, w: int, seed: int = 0):
     return img.clamp_(0, 255).contiguous()
 
 
+def synthetic_volume(d: int, h: int, w: int, seed: int = 0):
+    """``(1, 1, d, h, w)`` float32 0..255: a smooth 3-D field, a few flat ellipsoids, noise."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 1, 3, 6, 6, generator=g) * 255
+    vol = F.interpolate(base, size=(d, h, w), mode="trilinear", align_corners=False)
+    zz = torch.linspace(0, 1, d).view(d, 1, 1)
+    yy = torch.linspace(0, 1, h).view(1, h, 1)
+    xx = torch.linspace(0, 1, w).view(1, 1, w)
+    for _ in range(6):
+        cz, cy, cx, rz, ry, rx, level = torch.rand(7, generator=g).tolist()
+        inside = ((zz - cz) / (0.1 + 0.4 * rz)) ** 2 + ((yy - cy) / (0.05 + 0.25 * ry)) ** 2 + (
+            (xx - cx) / (0.05 + 0.25 * rx)
+        ) ** 2 < 1
+        vol[0, 0] = torch.where(inside, torch.tensor(level * 255), vol[0, 0])
+    vol += 4.0 * torch.randn(vol.shape, generator=g)
+    return vol.clamp_(0, 255).contiguous()
+
+
 def _probs(n: int, k: int, h: int, w: int, seed: int = 1):
     import torch
 
@@ -137,6 +165,19 @@ def _probs(n: int, k: int, h: int, w: int, seed: int = 1):
     logits = torch.randn(n, k, h // 8 + 1, w // 8 + 1, generator=g) * 3
     logits = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear")
     return logits.softmax(1).contiguous()
+
+
+def _value_and_grad(loss_fn, image, softmax):
+    """The timed callable of the loss suites: the loss and its gradient in ``probs``."""
+    import torch
+
+    def run():
+        probs = softmax.detach().requires_grad_(True)
+        loss = loss_fn(image, probs)
+        (grad,) = torch.autograd.grad(loss, probs)
+        return grad
+
+    return run
 
 
 def _workload(spec: dict):
@@ -164,15 +205,18 @@ def _workload(spec: dict):
         image = synthetic_images(n, h, w).to(dev)
         loss_fn = DenseCRFLoss(weight=2e-9, sigma_rgb=SIGMA_RGB, sigma_xy=SIGMA_XY, backend=backend)
         logits = torch.randn(n, k, h, w, generator=torch.Generator().manual_seed(2))
-        softmax = logits.softmax(1).to(dev)
+        return _value_and_grad(loss_fn, image, logits.softmax(1).to(dev))
+    if suite == "crf3d":
+        from rloss.losses import DenseCRFLoss
 
-        def run():
-            probs = softmax.detach().requires_grad_(True)
-            loss = loss_fn(image, probs)
-            (grad,) = torch.autograd.grad(loss, probs)
-            return grad
-
-        return run
+        n, k, d, h, w = spec["shape"]
+        image = synthetic_volume(d, h, w).to(dev)
+        loss_fn = DenseCRFLoss(weight=1.0, sigma_rgb=SIGMA_RGB, sigma_xy=CRF3D_SIGMA_XY,
+                               normalize=True, spacing=CRF3D_SPACING, backend=backend)
+        logits = torch.randn(n, k, d // 4 + 1, h // 8 + 1, w // 8 + 1,
+                             generator=torch.Generator().manual_seed(2)) * 3
+        logits = torch.nn.functional.interpolate(logits, size=(d, h, w), mode="trilinear")
+        return _value_and_grad(loss_fn, image, logits.softmax(1).contiguous().to(dev))
     if suite == "step":
         import segmentation_models_pytorch as smp
 
@@ -291,6 +335,9 @@ def _fmt_case(spec: dict) -> str:
         return f"train step B={b} {s}² " + (
             "+DenseCRF" if spec["with_crf"] else "pCE only"
         )
+    if spec["suite"] == "crf3d":
+        n, k, d, h, w = spec["shape"]
+        return f"DenseCRF 3-D fwd+bwd N={n} K={k} {d}x{h}x{w}"
     n, k, h, w = spec["shape"]
     what = {"filter": "build+filter", "crf": "DenseCRF fwd+bwd", "growth": "build+filter"}[
         spec["suite"]
@@ -323,6 +370,23 @@ def _table(rows: list[tuple[dict, dict]]) -> str:
         lines.append(
             f"| {key} | {spec['backend']} | {med:.1f} | {min(t):.1f} | {max(t):.1f} | {cpu} | "
             f"{res['peak_mib']:.0f} | {med / best[key]:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _per_voxel(rows: list[tuple[dict, dict]]) -> str:
+    """Median ns and peak extra bytes per voxel of each volume case (flat = linear)."""
+    lines = ["| case | backend | voxels | median ns / voxel | peak extra B / voxel |",
+             "|---|---|---:|---:|---:|"]
+    for spec, res in rows:
+        if "times_ms" not in res:
+            continue
+        n, _, d, h, w = spec["shape"]
+        vox = n * d * h * w
+        lines.append(
+            f"| {_fmt_case(spec)} | {spec['backend']} | {vox} | "
+            f"{1e6 * statistics.median(res['times_ms']) / vox:.0f} | "
+            f"{res['peak_mib'] * 2**20 / vox:.0f} |"
         )
     return "\n".join(lines)
 
@@ -424,6 +488,8 @@ def _specs(args) -> list[dict]:
                 specs += [{**base, "shape": list(c)} for c in cases]
             elif suite == "crf":
                 specs += [{**base, "shape": list(c)} for c in CRF_CASES]
+            elif suite == "crf3d":
+                specs += [{**base, "shape": list(c)} for c in CRF3D_CASES]
             elif suite == "step":
                 specs += [
                     {
@@ -463,8 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suites",
         nargs="+",
-        default=["filter", "crf", "step", "growth"],
-        choices=["filter", "crf", "step", "growth"],
+        default=["filter", "crf", "step", "growth", "crf3d"],
+        choices=["filter", "crf", "step", "growth", "crf3d"],
     )
     parser.add_argument(
         "--backends",
@@ -527,11 +593,15 @@ def main(argv: list[str] | None = None) -> int:
     for spec in it:
         rows.append((spec, _run_child(spec, args.timeout)))
 
-    main_rows = [r for r in rows if r[0]["suite"] != "growth"]
+    main_rows = [r for r in rows if r[0]["suite"] not in ("growth", "crf3d")]
     growth = [r for r in rows if r[0]["suite"] == "growth"]
+    vol_rows = [r for r in rows if r[0]["suite"] == "crf3d"]
     parts = []
     if main_rows:
         parts.append(_table(main_rows))
+    if vol_rows:
+        parts.append("Volumes (DenseCRF loss value + gradient, 1 channel, d = 4):\n\n"
+                     + _table(vol_rows) + "\n\n" + _per_voxel(vol_rows))
     steps = {
         r[0]["with_crf"]: r[1] for r in main_rows if r[0]["suite"] == "step" and "times_ms" in r[1]
     }

@@ -57,6 +57,9 @@ __all__ = [
     "check_probs_stats",
     "check_roi",
     "check_same_device",
+    "check_same_rank",
+    "check_scale_factor",
+    "check_spacing",
     "check_spatial_match",
     "check_weight",
     "compute_dtype",
@@ -110,11 +113,12 @@ def _shape(t: Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in t.shape)
 
 
-def check_float_tensor(name: str, t: object, ndim: int, want: str) -> Tensor:
-    """Check that ``t`` is a non-empty floating tensor with ``ndim`` dimensions."""
+def check_float_tensor(name: str, t: object, ndim: int | tuple[int, ...], want: str) -> Tensor:
+    """Check that ``t`` is a non-empty floating tensor with ``ndim`` dimensions
+    (one of them when ``ndim`` is a tuple, e.g. ``(4, 5)`` for an image or a volume)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != ndim:
+    if t.dim() not in ((ndim,) if isinstance(ndim, int) else ndim):
         raise ValueError(f"{name} must have shape {want}, got {_shape(t)}")
     check_float_dtype(name, t)
     if t.numel() == 0:
@@ -156,7 +160,8 @@ def _minmax(name: str, t: Tensor) -> tuple[float, float]:
 
 
 def check_image(image: object, name: str = "image") -> Tensor:
-    """Validate a guidance image: ``(N, C, H, W)`` float, finite, values in 0..255.
+    """Validate a guidance image: ``(N, C, H, W)`` (or a volume ``(N, C, D, H, W)``) float,
+    finite, values in 0..255.
 
     Warns once per process (naming ``name``) when all values lie in 0..1,
     which usually means the image was scaled to 0..1: the colour bandwidth
@@ -164,7 +169,7 @@ def check_image(image: object, name: str = "image") -> Tensor:
     The value checks (and the warning) run for CPU tensors only; on an
     accelerator only the shape and dtype are checked (no host sync).
     """
-    image = check_float_tensor(name, image, 4, "(N, C, H, W)")
+    image = check_float_tensor(name, image, (4, 5), "(N, C, H, W) or (N, C, D, H, W)")
     if not host_values(image):
         return image
     lo, hi = _minmax(name, image)
@@ -186,7 +191,8 @@ def check_image(image: object, name: str = "image") -> Tensor:
 def check_probs(
     probs: object, roi: Tensor | None = None, name: str = "probs", *, values: bool = True
 ) -> Tensor:
-    """Validate ``(N, K, H, W)`` probabilities: finite, in 0..1, summing to 1 over K.
+    """Validate ``(N, K, H, W)`` (or ``(N, K, D, H, W)``) probabilities: finite, in 0..1,
+    summing to 1 over K.
 
     The range and sum-to-one checks are made only where ``roi > 0`` (pixels
     outside the region of interest are ignored by the losses and may hold
@@ -196,7 +202,7 @@ def check_probs(
     dtype only: the DenseCRF loss validates the values later from statistics
     its lattice gathers while reading them anyway (see :func:`check_probs_stats`).
     """
-    probs = check_float_tensor(name, probs, 4, "(N, K, H, W)")
+    probs = check_float_tensor(name, probs, (4, 5), "(N, K, H, W) or (N, K, D, H, W)")
     if not values or not host_values(probs):
         return probs
     lo, hi = _minmax(name, probs)
@@ -257,20 +263,23 @@ def check_probs_stats(
 
 
 def check_roi(roi: object, probs: Tensor, name: str = "roi") -> Tensor:
-    """Validate or create the region of interest: ``(N, H, W)``, values in 0..1.
+    """Validate or create the region of interest: ``(N, H, W)`` (``(N, D, H, W)`` for
+    a volume: ``probs``'s shape without the class axis), values in 0..1.
 
     Returns ``roi`` as a floating tensor (bool is converted), or all ones
     (``probs``'s dtype and device) when ``roi`` is None. The 0..1 range is
     checked for CPU tensors only (no host sync on an accelerator).
     """
-    n, _, h, w = probs.shape
+    n, _, *spatial = _shape(probs)
+    want = (n, *spatial)
     if roi is None:
-        return torch.ones(n, h, w, dtype=probs.dtype, device=probs.device)
+        return torch.ones(want, dtype=probs.dtype, device=probs.device)
     if not isinstance(roi, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(roi).__name__}")
-    if _shape(roi) != (n, h, w):
+    if _shape(roi) != want:
+        letters = "(N, H, W)" if len(spatial) == 2 else "(N, D, H, W)"
         raise ValueError(
-            f"{name} must have shape (N, H, W) = {(n, h, w)} to match probs "
+            f"{name} must have shape {letters} = {want} to match probs "
             f"{_shape(probs)}, got {_shape(roi)}"
         )
     if roi.dtype == torch.bool:
@@ -298,13 +307,111 @@ def check_same_device(*named: tuple[str, Tensor]) -> None:
 
 
 def check_spatial_match(image: Tensor, probs: Tensor) -> None:
-    """``image`` ``(N, C, H, W)`` and ``probs`` ``(N, K, H, W)`` must share N, H and W."""
+    """``image`` ``(N, C, H, W)`` and ``probs`` ``(N, K, H, W)`` must share N, H and W
+    (N, D, H and W for volumes; see :func:`check_same_rank` for mixed ranks)."""
+    check_same_rank(image, probs)
     if image.shape[0] != probs.shape[0] or image.shape[2:] != probs.shape[2:]:
-        n, _, h, w = _shape(probs)
+        n, _, *spatial = _shape(probs)
+        names = "N, H, W" if len(spatial) == 2 else "N, D, H, W"
+        letters = "(N, C, H, W)" if len(spatial) == 2 else "(N, C, D, H, W)"
         raise ValueError(
-            f"image must have shape (N, C, H, W) with N, H, W = {(n, h, w)} from probs "
+            f"image must have shape {letters} with {names} = {(n, *spatial)} from probs "
             f"{_shape(probs)}, got {_shape(image)}"
         )
+
+
+def check_same_rank(image: Tensor, probs: Tensor, probs_name: str = "probs") -> None:
+    """``image`` and ``probs`` must both be images (4-D) or both volumes (5-D).
+
+    Example:
+        >>> import torch
+        >>> from rloss import checks
+        >>> checks.check_same_rank(torch.zeros(1, 1, 2, 4, 4), torch.zeros(1, 3, 4, 4))
+        Traceback (most recent call last):
+        ...
+        ValueError: probs is 4-D (1, 3, 4, 4) but image is 5-D (1, 1, 2, 4, 4): pass both ...
+    """
+    if image.dim() != probs.dim():
+        raise ValueError(
+            f"{probs_name} is {probs.dim()}-D {_shape(probs)} but image is {image.dim()}-D "
+            f"{_shape(image)}: pass both as images ({probs_name} (N, K, H, W), image "
+            f"(N, C, H, W)) or both as volumes ({probs_name} (N, K, D, H, W), image "
+            "(N, C, D, H, W))"
+        )
+
+
+def check_spacing(
+    spacing: object, ndim: int | None, name: str = "spacing"
+) -> tuple[float, ...] | None:
+    """``None``, or one finite positive voxel size per spatial axis, as floats.
+
+    ``ndim`` is the number of spatial axes (3 for a volume: ``(sd, sh, sw)``, the
+    size of a voxel along D, H and W; 2 for an image: ``(sh, sw)``); ``None``
+    accepts either (a module that has not seen its input yet).
+
+    Example:
+        >>> from rloss import checks
+        >>> checks.check_spacing((10, 1.5, 1.5), 3)
+        (10.0, 1.5, 1.5)
+        >>> checks.check_spacing((1.5, 1.5), 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: spacing must have 3 values (sd, sh, sw), one voxel size per ... (1.5, 1.5)
+    """
+    if spacing is None:
+        return None
+    axes = {3: "(sd, sh, sw)", 2: "(sh, sw)", None: "(sd, sh, sw) or (sh, sw)"}.get(
+        ndim, f"({ndim} sizes)"
+    )
+    count = "2 or 3" if ndim is None else str(ndim)
+    if isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__"):
+        raise ValueError(
+            f"{name} must be a sequence of {count} positive voxel sizes {axes}, got {spacing!r}"
+        )
+    values = tuple(spacing)  # type: ignore[arg-type]
+    if len(values) not in ((2, 3) if ndim is None else (ndim,)):
+        raise ValueError(
+            f"{name} must have {count} values {axes}, one voxel size per spatial axis, "
+            f"got {spacing!r}"
+        )
+    out = []
+    for i, v in enumerate(values):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}[{i}] must be a positive number, got {v!r}") from None
+        if not (math.isfinite(f) and f > 0):
+            raise ValueError(f"{name}[{i}] must be a finite positive number, got {v!r}")
+        out.append(f)
+    return tuple(out)
+
+
+def check_scale_factor(
+    value: object, ndim: int | None = None, name: str = "scale_factor"
+) -> float | tuple[float, ...]:
+    """A finite positive resize factor, or one per spatial axis.
+
+    Returns a float for a number and a tuple of floats for a sequence; with
+    ``ndim`` (the number of spatial axes) a sequence must have that length.
+
+    Example:
+        >>> from rloss import checks
+        >>> checks.check_scale_factor(0.5)
+        0.5
+        >>> checks.check_scale_factor([1, 0.5, 0.5], 3)
+        (1.0, 0.5, 0.5)
+    """
+    if (
+        isinstance(value, (str, bytes))
+        or not hasattr(value, "__len__")
+        or (isinstance(value, Tensor) and value.dim() == 0)
+    ):
+        return check_positive(name, value)  # type: ignore[arg-type]
+    values = tuple(value)  # type: ignore[arg-type]
+    if not values or (ndim is not None and len(values) != ndim):
+        want = f"{ndim} values (one per spatial axis)" if ndim is not None else "values"
+        raise ValueError(f"{name} must be a number or {want}, got {value!r}")
+    return tuple(check_positive(f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
 def check_positive(name: str, value: float) -> float:

@@ -285,3 +285,51 @@ def test_torch_compile_matches_eager_value_and_gradient(name):
     want.backward()
     got.backward()
     torch.testing.assert_close(z2.grad, z1.grad)
+
+
+# ----------------------------------------------------------------------------- volumes
+
+PAIRWISE = [n for n in NAMES if TermInputs(TERMS[n].inputs) is TermInputs.IMAGE_PROBS_ROI]
+
+
+def _volume_data(dtype=torch.float64, seed=0) -> dict[str, Any]:
+    """A batch of two 1-channel volumes (N, 1, D, H, W); roi zeroes one slice's border row."""
+    g = torch.Generator().manual_seed(seed)
+    d, h, w = 2, 4, 5
+    roi = torch.ones(N, d, h, w, dtype=torch.float64)
+    roi[:, 1, -1] = 0
+    return {
+        "logits": torch.randn(N, K, d, h, w, generator=g, dtype=torch.float64).to(dtype),
+        "image": torch.rand(N, 1, d, h, w, generator=g, dtype=torch.float64) * 255,
+        "roi": roi,
+    }
+
+
+@pytest.mark.parametrize("name", PAIRWISE)
+def test_pairwise_terms_on_volumes(name):
+    """5-D inputs (issue 15): value, module = function, spacing, gradcheck, bad inputs."""
+    d = _volume_data()
+    kw = {**_kwargs(name), "spacing": (2.0, 1.0, 1.5)}
+    module = TERMS[name](**kw)
+    args = _inputs(TermInputs.IMAGE_PROBS_ROI, d)
+    value = module(*args)
+    assert value.shape == () and value.dtype == torch.float64 and float(value) > 0.0
+    torch.testing.assert_close(value, _case(name).func(*args, **kw), rtol=0, atol=0)
+    assert float(TERMS[name](**_kwargs(name))(*args)) != float(value)  # spacing matters
+
+    logits = d["logits"].clone().requires_grad_()
+
+    def f(z):
+        return module(*_inputs(TermInputs.IMAGE_PROBS_ROI, d, z))
+
+    assert torch.autograd.gradcheck(f, (logits,), eps=1e-6, atol=1e-6)
+    image, probs, roi = args
+    for argument, bad in (
+        ("probs", (image, probs[:, :, 0], roi)),
+        ("image", (image[:, :, :1], probs, roi)),
+        ("roi", (image, probs, roi[:, 0])),
+    ):
+        with pytest.raises(ValueError, match=rf"^{argument}\b"):
+            module(*bad)
+    with pytest.raises(ValueError, match=r"^spacing must have 3 values"):
+        TERMS[name](**{**kw, "spacing": (1.0, 1.0)})(*args)

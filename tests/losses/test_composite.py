@@ -266,6 +266,7 @@ def test_recipe_defaults_are_the_class_defaults_plus_the_stated_overrides():
             "scale_factor": 0.5,
             "normalize": False,
             "backend": None,
+            "spacing": None,
         },
         "ncut": {
             "weight": 0.5,
@@ -273,6 +274,7 @@ def test_recipe_defaults_are_the_class_defaults_plus_the_stated_overrides():
             "sigma_xy": 100.0,
             "scale_factor": 0.5,
             "backend": None,
+            "spacing": None,
         },
         "size": {"weight": 1e-6, "margin": 0.1},
     }

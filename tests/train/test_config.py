@@ -162,6 +162,7 @@ def test_loss_terms_get_defaults_and_null_disables():
         "scale_factor": 0.5,
         "normalize": False,
         "backend": None,
+        "spacing": None,
     }
     assert "ncut" not in cfg["loss"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import shlex
 import signal
 import threading
@@ -117,7 +118,25 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--flip", action="store_true", help="also average horizontally flipped predictions"
     )
-    p.add_argument("--crf", action="store_true", help="mean-field CRF refinement (rloss.meanfield)")
+    p.add_argument(
+        "--crf",
+        nargs="?",
+        const=True,
+        default=None,
+        choices=("2d", "3d"),
+        help="mean-field CRF refinement (rloss.meanfield); acdc: '2d' slice by slice "
+        "(the default of a bare --crf) or '3d' over the whole volume",
+    )
+    p.add_argument(
+        "--crf-param",
+        dest="crf_params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="acdc: a mean-field parameter (rloss.train.volume_eval.ACDC_CRF: sigma_xy, "
+        "sigma_rgb, appearance_weight, smoothness_sigma, smoothness_weight, num_iterations, "
+        "slice_spacing), repeatable",
+    )
     p.add_argument(
         "--out", help="metrics JSON (unset: eval_metrics.json next to the checkpoint)"
     )
@@ -284,8 +303,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     from rloss.data.io import DataError
 
+    if args.kind != "acdc" and (args.crf == "3d" or args.crf_params):
+        raise CLIError("--crf 3d and --crf-param apply to --kind acdc (volumes) only")
     if args.kind == "acdc":  # per-volume 3-D Dice / HD95 (rloss.train.volume_eval)
         from rloss.train.volume_eval import evaluate_checkpoint, format_table
+
+        crf = None if args.crf is None else ("2d" if args.crf is True else args.crf)
+        crf_params = _crf_params(args.crf_params)
+        if crf_params and crf is None:
+            raise CLIError("--crf-param needs --crf 2d or --crf 3d")
 
         try:
             metrics = evaluate_checkpoint(
@@ -297,6 +323,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 device=device,
                 progress=not args.no_progress,
                 largest=args.largest_component,
+                crf=crf,
+                crf_params=crf_params,
             )
         except (FileNotFoundError, ValueError, RuntimeError, DataError) as err:
             raise _cli_error(err) from err
@@ -321,6 +349,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(format_iou_table(metrics))
     print(f"metrics written to {out}")
     return 0
+
+
+def _crf_params(items: list[str]) -> dict[str, float]:
+    """``--crf-param KEY=VALUE`` items as numbers, keys checked against ``ACDC_CRF``."""
+    from rloss.train.volume_eval import ACDC_CRF
+
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in ACDC_CRF:
+            raise CLIError(
+                f"--crf-param {item!r}: want KEY=VALUE with KEY one of {sorted(ACDC_CRF)}"
+            )
+        try:
+            number = float(value)
+        except ValueError:
+            raise CLIError(f"--crf-param {item!r}: {value!r} is not a number") from None
+        if not math.isfinite(number) or number < 0:
+            raise CLIError(f"--crf-param {item!r}: want a finite number >= 0")
+        out[key] = number
+    return out
 
 
 def _predict_inputs(items: list[str]) -> list[Path]:

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from rloss.checks import check_finite, check_float_dtype, check_positive
+from rloss.checks import check_finite, check_float_dtype, check_positive, check_spacing
 from rloss.lattice._common import (
     DEFAULT_CAPACITY_HINT,
     DEFAULT_OPTIONS,
@@ -60,7 +60,9 @@ __all__ = [
     "bilateral_features",
     "default_backend",
     "exact_filter",
+    "features_from_image",
     "gaussian_filter",
+    "position_sigmas",
     "release_memory",
 ]
 
@@ -112,43 +114,155 @@ class QuadraticForm(NamedTuple):
 
 
 def bilateral_features(
-    image: Tensor, sigma_rgb: float, sigma_xy: float, *, check_finite: bool = True
+    image: Tensor,
+    sigma_rgb: float,
+    sigma_xy: float,
+    *,
+    spacing: tuple[float, ...] | None = None,
+    check_finite: bool = True,
 ) -> Tensor:
-    """Per-pixel bilateral features ``(x/sigma_xy, y/sigma_xy, I_c/sigma_rgb ...)``.
+    """Per-pixel (per-voxel) bilateral features ``(x/σ_xy, y/σ_xy[, z/σ_xy], I_c/σ_rgb ...)``.
 
-    ``x`` is the 0-based column index and ``y`` the 0-based row index, in pixels
-    of ``image``; ``I_c`` are the image's guidance channels (any number: 1 for
-    grayscale, 3 for RGB, more for multispectral).
+    ``x`` is the 0-based column index, ``y`` the row index and, for a volume,
+    ``z`` the slice index; with ``spacing`` each index is multiplied by the
+    voxel size along its axis, so that ``sigma_xy`` is in physical units (a
+    voxel at index ``(z, y, x)`` sits at ``(z·sd, y·sh, x·sw)``). ``I_c`` are
+    the guidance channels (any number: 1 for grayscale or MRI, 3 for RGB).
 
     Args:
-        image: ``(N, C, H, W)`` float guidance image, usually 0..255.
+        image: ``(N, C, H, W)`` float guidance image, or a volume
+            ``(N, C, D, H, W)``, usually 0..255.
         sigma_rgb: colour (intensity) bandwidth, > 0, in image units.
-        sigma_xy: spatial bandwidth, > 0, in pixels.
+        sigma_xy: spatial bandwidth, > 0, in pixels (voxels), or in the units
+            of ``spacing`` when it is given.
+        spacing: ``None`` (1 per axis), or the voxel size per spatial axis:
+            ``(sd, sh, sw)`` for a volume, ``(sh, sw)`` for an image.
         check_finite: raise ``ValueError`` when ``image`` has NaN/Inf.
 
     Returns:
-        ``(N, 2 + C, H, W)`` float32 features on ``image``'s device.
+        ``(N, 2 + C, H, W)`` or ``(N, 3 + C, D, H, W)`` float32 features on
+        ``image``'s device: the positions (x first, then y, then z) and the
+        channels.
+
+    Example:
+        >>> import torch
+        >>> from rloss.lattice import bilateral_features
+        >>> vol = torch.rand(1, 1, 4, 8, 8) * 255
+        >>> f = bilateral_features(vol, 15.0, 3.0, spacing=(6.0, 1.5, 1.5))
+        >>> f.shape
+        torch.Size([1, 4, 4, 8, 8])
+        >>> float(f[0, 2, 1, 0, 0])  # z of slice 1: 1 x 6 mm / 3 mm
+        2.0
     """
     if not isinstance(image, Tensor):
         raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
-    if image.dim() != 4:
-        raise ValueError(f"image must have shape (N, C, H, W), got {tuple(image.shape)}")
+    if image.dim() not in (4, 5):
+        raise ValueError(
+            f"image must have shape (N, C, H, W) or (N, C, D, H, W), got {tuple(image.shape)}"
+        )
     check_float_dtype("image", image)
-    n, c, h, w = image.shape
-    if n == 0 or c == 0 or h == 0 or w == 0:
+    if image.numel() == 0:
         raise ValueError(f"image must be non-empty, got shape {tuple(image.shape)}")
     sigma_rgb = check_positive("sigma_rgb", sigma_rgb)
     sigma_xy = check_positive("sigma_xy", sigma_xy)
+    sp = check_spacing(spacing, image.dim() - 2)
     if check_finite:
         _check_finite("image", image)
+    return features_from_image(
+        image, sigma_rgb, position_sigmas(sigma_xy, image.dim() - 2, spacing=sp),
+        pixel_major=False,
+    )
+
+
+def position_sigmas(
+    sigma_xy: float,
+    ndim: int,
+    *,
+    spacing: tuple[float, ...] | None = None,
+    scale: tuple[float, ...] | None = None,
+) -> tuple[float, ...]:
+    """Per spatial axis, the divisor of the voxel index in the position features.
+
+    A voxel index ``i`` along axis ``a`` of a grid resized by ``scale[a]`` sits
+    at ``i · spacing[a] / scale[a]`` in the original units, so its feature is
+    ``i / (sigma_xy · scale[a] / spacing[a])``. With neither spacing nor
+    scale this is ``sigma_xy`` on every axis (the 2-D convention).
+
+    Example:
+        >>> from rloss.lattice import position_sigmas
+        >>> position_sigmas(10.0, 3, spacing=(5.0, 1.0, 1.0), scale=(1.0, 0.5, 0.5))
+        (2.0, 5.0, 5.0)
+    """
+    out = []
+    for a in range(ndim):
+        s = float(sigma_xy) if scale is None else float(sigma_xy) * float(scale[a])
+        out.append(s if spacing is None else s / float(spacing[a]))
+    return tuple(out)
+
+
+def features_from_image(
+    image: Tensor,
+    sigma_rgb: float,
+    sigmas: tuple[float | None, ...],
+    *,
+    pixel_major: bool = True,
+) -> Tensor:
+    """Bilateral features with one position divisor per spatial axis (no checks).
+
+    The one definition of the feature values (float32): position ``j`` is
+    ``arange(size) / sigmas[axis]`` for the spatial axes from the last (x) to the
+    first, skipping axes whose divisor is ``None``, then ``image / sigma_rgb``.
+    ``pixel_major`` stores the result as a ``(N, d, *spatial)`` view of
+    ``(N, *spatial, d)`` memory (each pixel's feature vector contiguous, as the
+    lattice wants it); otherwise channel-major.
+
+    Args:
+        image: ``(N, C, *spatial)`` float tensor (``C`` may be 0: positions only).
+        sigma_rgb: intensity bandwidth.
+        sigmas: per spatial axis (image order) a positive divisor, or ``None`` to
+            leave that axis out (e.g. an axis of extent 1, whose coordinate is
+            constant and changes no Gaussian).
+        pixel_major: memory layout of the result (the values are the same).
+
+    Returns:
+        ``(N, P + C, *spatial)`` float32, ``P`` the number of kept axes.
+
+    Example:
+        >>> import torch
+        >>> from rloss.lattice import bilateral_features, features_from_image
+        >>> vol = torch.rand(1, 1, 1, 4, 5) * 255  # one slice: drop its z
+        >>> f = features_from_image(vol, 15.0, (None, 2.0, 2.0))
+        >>> f.shape, f.is_contiguous()
+        (torch.Size([1, 3, 1, 4, 5]), False)
+        >>> torch.equal(f[:, :, 0], bilateral_features(vol[:, :, 0], 15.0, 2.0))
+        True
+    """
+    n, c, *spatial = (int(v) for v in image.shape)
+    nd = len(spatial)
+    if len(sigmas) != nd:
+        raise ValueError(f"sigmas: want {nd} values (one per spatial axis), got {sigmas}")
+    axes = [a for a in reversed(range(nd)) if sigmas[a] is not None]
+    d = len(axes) + c
     dev = image.device
-    ys = torch.arange(h, device=dev, dtype=torch.float32).div_(float(sigma_xy))
-    xs = torch.arange(w, device=dev, dtype=torch.float32).div_(float(sigma_xy))
-    feats = torch.empty(n, 2 + c, h, w, device=dev, dtype=torch.float32)
-    feats[:, 0] = xs.view(1, 1, w)
-    feats[:, 1] = ys.view(1, h, 1)
-    feats[:, 2:] = image.to(torch.float32) / float(sigma_rgb)
-    return feats
+    if pixel_major:
+        mem = torch.empty(n, *spatial, d, dtype=torch.float32, device=dev)
+        chan = [mem[..., j] for j in range(d)]
+    else:
+        feats = torch.empty(n, d, *spatial, dtype=torch.float32, device=dev)
+        chan = [feats[:, j] for j in range(d)]
+    for j, a in enumerate(axes):
+        shape = [1] * nd
+        shape[a] = spatial[a]
+        coord = torch.arange(spatial[a], device=dev, dtype=torch.float32)
+        chan[j][...] = coord.div_(float(sigmas[a])).view(1, *shape)  # type: ignore[arg-type]
+    if c:
+        if pixel_major:
+            torch.div(
+                image.movedim(1, -1).to(torch.float32), float(sigma_rgb), out=mem[..., len(axes):]
+            )
+        else:
+            feats[:, len(axes):] = image.to(torch.float32) / float(sigma_rgb)
+    return mem.movedim(-1, 1) if pixel_major else feats
 
 
 def default_backend(device: torch.device) -> str:
@@ -208,7 +322,8 @@ class Lattice:
     ``ValueError`` rather than silently dropping that gradient.
 
     Args:
-        features: ``(N, d, H, W)`` or ``(N, d, P)`` features, e.g. from
+        features: ``(N, d, H, W)``, ``(N, d, D, H, W)`` (a volume; any number
+            of spatial axes works) or ``(N, d, P)`` features, e.g. from
             :func:`bilateral_features`. Computed in float32.
         backend: ``"torch"`` (portable, CPU/CUDA), ``"numba"`` (fast CPU),
             ``"exact"`` (brute force float64, quadratic cost) or ``None`` to
@@ -222,9 +337,9 @@ class Lattice:
     ) -> None:
         if not isinstance(features, Tensor):
             raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
-        if features.dim() not in (3, 4):
+        if features.dim() < 3:
             raise ValueError(
-                "features must have shape (N, d, H, W) or (N, d, P), "
+                "features must have shape (N, d, H, W), (N, d, D, H, W) or (N, d, P), "
                 f"got {tuple(features.shape)}"
             )
         check_float_dtype("features", features)
@@ -291,8 +406,9 @@ class Lattice:
         """Filter ``values`` with the Gaussian kernel over this lattice's features.
 
         Args:
-            values: ``(N, C, H, W)`` or ``(N, C, P)`` (matching the features'
-                layout), any float dtype; half precision is computed in float32.
+            values: ``(N, C, H, W)``, ``(N, C, D, H, W)`` or ``(N, C, P)``
+                (matching the features' layout), any float dtype; half precision
+                is computed in float32.
                 All C channels are filtered in one pass.
             check_finite: raise ``ValueError`` when ``values`` has NaN/Inf.
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rloss import checks as _checks
-from rloss.lattice import Lattice
+from rloss.lattice import Lattice, features_from_image, position_sigmas
 from rloss.losses.composite import TermInputs
 
 __all__ = [
@@ -63,21 +63,23 @@ def prepare_pairwise(
     roi: Tensor | None,
     sigma_rgb: float,
     sigma_xy: float,
-    scale_factor: float,
+    scale_factor: float | tuple[float, ...],
     backend: str | None,
     check_probs_values: bool = True,
+    spacing: tuple[float, ...] | None = None,
 ) -> tuple[Lattice, Tensor, Tensor]:
     """Validate, cast, downscale and build the lattice shared by the pairwise losses.
 
     Must run with autocast disabled. Returns ``(lattice, probs_c, roi_c)`` where
-    ``probs_c`` ``(N, K, h, w)`` is in the compute dtype (float64 for float64
+    ``probs_c`` ``(N, K, *spatial)`` is in the compute dtype (float64 for float64
     ``probs``, float32 otherwise) and still attached to ``probs``'s graph, and
-    ``roi_c`` ``(N, h, w)`` is detached, same dtype. With
-    ``check_probs_values=False`` only the shape and dtype of ``probs`` are
+    ``roi_c`` ``(N, *spatial)`` is detached, same dtype. Images are 4-D
+    ``(N, C, H, W)``, volumes 5-D ``(N, C, D, H, W)`` (see :func:`densecrf_loss`).
+    With ``check_probs_values=False`` only the shape and dtype of ``probs`` are
     checked here (the caller validates the values it passes to the lattice).
     """
-    probs = _checks.check_float_tensor("probs", probs, 4, "(N, K, H, W)")
-    image = _checks.check_float_tensor("image", image, 4, "(N, C, H, W)")
+    probs = _checks.check_float_tensor("probs", probs, (4, 5), "(N, K, H, W) or (N, K, D, H, W)")
+    image = _checks.check_float_tensor("image", image, (4, 5), "(N, C, H, W) or (N, C, D, H, W)")
     _checks.check_same_device(("probs", probs), ("image", image))
     _checks.check_spatial_match(image, probs)
     roi_t = _checks.check_roi(roi, probs)
@@ -85,48 +87,71 @@ def prepare_pairwise(
     _checks.check_probs(probs, roi_t, values=check_probs_values)
     sigma_rgb = _checks.check_positive("sigma_rgb", sigma_rgb)
     sigma_xy = _checks.check_positive("sigma_xy", sigma_xy)
-    scale_factor = _checks.check_positive("scale_factor", scale_factor)
+    nd = probs.dim() - 2
+    spacing = _checks.check_spacing(spacing, nd)
+    scale = _checks.check_scale_factor(scale_factor, nd)
+    scales = (scale,) * nd if isinstance(scale, float) else scale
 
-    if scale_factor != 1.0:
-        h, w = (int(v) for v in probs.shape[2:])
-        # the size F.interpolate gives (floor of size * factor): refuse an empty image up front
-        sh, sw = math.floor(h * scale_factor), math.floor(w * scale_factor)
-        if sh < 1 or sw < 1:
+    sizes = tuple(int(v) for v in probs.shape[2:])
+    resize = any(f != 1.0 for f in scales)
+    if resize:
+        # the size F.interpolate gives (floor of size * factor): refuse an empty grid up front
+        out = tuple(math.floor(n * f) for n, f in zip(sizes, scales))
+        if min(out) < 1:
+            hint = (
+                f"; for a volume of {sizes[0]} slice(s) resize in-plane only, e.g. "
+                f"scale_factor=(1, {scales[1]:g}, {scales[2]:g})"
+                if nd == 3 and out[0] < 1 else ""
+            )
+            shown = f"{scale:g}" if isinstance(scale, float) else str(scale)
             raise ValueError(
-                f"scale_factor={scale_factor:g} shrinks probs of shape {tuple(probs.shape)} "
-                f"to {sh}x{sw} pixels; want scale_factor >= {1.0 / min(h, w):.3g} for this "
-                "size (the loss resizes image, probs and roi by scale_factor)"
+                f"scale_factor={shown} shrinks probs of shape {tuple(probs.shape)} "
+                f"to {'x'.join(map(str, out))} {'voxels' if nd == 3 else 'pixels'}; want "
+                f"scale_factor >= {1.0 / min(sizes):.3g} for this size (the loss resizes "
+                f"image, probs and roi by scale_factor){hint}"
             )
     dtype = _checks.compute_dtype(probs)
     probs_c = probs.to(dtype)
     image_c = image.detach().to(dtype)
     roi_c = roi_t.detach().to(dtype)
-    if scale_factor != 1.0:
-        # Exactly as the reference: nearest for image and roi, bilinear for probs.
-        image_c = F.interpolate(image_c, scale_factor=scale_factor, mode="nearest")
-        probs_c = F.interpolate(
-            probs_c, scale_factor=scale_factor, mode="bilinear", align_corners=False
-        )
-        roi_c = F.interpolate(roi_c.unsqueeze(1), scale_factor=scale_factor, mode="nearest")
-        roi_c = roi_c.squeeze(1)
-    feats = _pixel_major_features(image_c, sigma_rgb, sigma_xy * scale_factor)
+    if resize:
+        image_c, probs_c, roi_c = _resize(image_c, probs_c, roi_c, scale, scales)
+    sigmas: list[float | None] = list(
+        position_sigmas(sigma_xy, nd, spacing=spacing, scale=scales)
+    )
+    if nd == 3:
+        # an axis of extent 1 has a constant coordinate, which changes no Gaussian: left
+        # out, so that a one-slice volume gives the 2-D features (and loss) of its slice
+        sigmas = [None if n == 1 else s for n, s in zip(probs_c.shape[2:], sigmas)]
+    feats = features_from_image(image_c, sigma_rgb, tuple(sigmas))
     return Lattice(feats, backend=backend), probs_c, roi_c
 
 
-def _pixel_major_features(image: Tensor, sigma_rgb: float, sigma_xy: float) -> Tensor:
-    """:func:`~rloss.lattice.bilateral_features`, the same float32 values, stored pixel-major.
+def _resize(
+    image: Tensor,
+    probs: Tensor,
+    roi: Tensor,
+    scale: float | tuple[float, ...],
+    scales: tuple[float, ...],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Exactly as the reference: nearest for image and roi, (bi/tri)linear for probs.
 
-    Returns an ``(N, 2 + C, H, W)`` view of ``(N, H, W, 2 + C)`` memory: the
-    lattice wants each pixel's feature vector contiguous, and gets it from this
-    layout without another copy.
+    A volume resized in-plane only (``scales[0] == 1``) is resized slice-wise with
+    the 2-D kernels, so that a one-slice volume matches its slice bit for bit.
     """
-    n, c, h, w = image.shape
-    dev = image.device
-    mem = torch.empty(n, h, w, 2 + c, dtype=torch.float32, device=dev)
-    mem[..., 0] = torch.arange(w, device=dev, dtype=torch.float32).div_(float(sigma_xy))
-    mem[..., 1] = torch.arange(h, device=dev, dtype=torch.float32).div_(float(sigma_xy)).view(h, 1)
-    torch.div(image.permute(0, 2, 3, 1).to(torch.float32), float(sigma_rgb), out=mem[..., 2:])
-    return mem.permute(0, 3, 1, 2)
+    if len(scales) == 3 and scales[0] == 1.0:
+        n, _, d, h, w = probs.shape
+        flat = lambda t: t.movedim(2, 1).reshape(n * d, t.shape[1], h, w)  # noqa: E731
+        inplane = scales[1] if scales[1] == scales[2] else scales[1:]
+        img2, pr2, roi2 = _resize(flat(image), flat(probs), flat(roi.unsqueeze(1)).squeeze(1),
+                                  inplane, scales[1:])
+        back = lambda t: t.reshape(n, d, t.shape[1], *t.shape[2:]).movedim(1, 2)  # noqa: E731
+        return back(img2), back(pr2), back(roi2.unsqueeze(1)).squeeze(1)
+    mode = "bilinear" if probs.dim() == 4 else "trilinear"
+    image = F.interpolate(image, scale_factor=scale, mode="nearest")
+    probs = F.interpolate(probs, scale_factor=scale, mode=mode, align_corners=False)
+    roi = F.interpolate(roi.unsqueeze(1), scale_factor=scale, mode="nearest").squeeze(1)
+    return image, probs, roi
 
 
 class _PrecomputedGradient(torch.autograd.Function):
@@ -251,10 +276,11 @@ def densecrf_loss(
     weight: float = DEFAULT_WEIGHT,
     sigma_rgb: float = DEFAULT_SIGMA_RGB,
     sigma_xy: float = DEFAULT_SIGMA_XY,
-    scale_factor: float = 1.0,
+    scale_factor: float | tuple[float, ...] = 1.0,
     normalize: bool = False,
     backend: str | None = None,
     lattice: Lattice | None = None,
+    spacing: tuple[float, ...] | None = None,
 ) -> Tensor:
     r"""DenseCRF (relaxed Potts) loss ``weight · E``, ``E = (1/N) Σ_k S̃_kᵀ W (roi − S̃_k) ≥ 0``.
 
@@ -275,26 +301,41 @@ def densecrf_loss(
     Reference: Tang et al., "On Regularized Losses for Weakly-supervised CNN
     Segmentation", ECCV 2018.
 
+    **Volumes.** 5-D inputs are volumes: ``image`` ``(N, C, D, H, W)``,
+    ``probs`` ``(N, K, D, H, W)``, ``roi`` ``(N, D, H, W)``, and ``W`` is the
+    Gaussian over ``(x, y, z, I)`` (features of dimension 3 + C: 4 for MRI). A
+    voxel at index ``(z, y, x)`` sits at ``(z·sd, y·sh, x·sw)`` with
+    ``spacing=(sd, sh, sw)`` (``sigma_xy`` then in those units, e.g. mm), at
+    ``(z, y, x)`` without it (``sigma_xy`` in voxels). A spatial axis of extent 1
+    carries no position feature (its coordinate is constant), so the loss of a
+    one-slice volume is the 2-D loss of that slice.
+
     Args:
         image: ``(N, C, H, W)`` float guidance image, raw intensities in
-            0..255 (RGB, grayscale or any number of channels).
-        probs: ``(N, K, H, W)`` float softmax probabilities (sum to 1 over K
-            wherever ``roi > 0``).
-        roi: ``(N, H, W)`` float or bool region of interest in 0..1 (1 where
-            the loss applies, 0 on padding); ``None`` means all ones.
+            0..255 (RGB, grayscale or any number of channels), or a volume
+            ``(N, C, D, H, W)``.
+        probs: ``(N, K, H, W)`` (``(N, K, D, H, W)`` for a volume) float softmax
+            probabilities (sum to 1 over K wherever ``roi > 0``).
+        roi: ``(N, H, W)`` (``(N, D, H, W)``) float or bool region of interest
+            in 0..1 (1 where the loss applies, 0 on padding); ``None`` means all ones.
         weight: loss weight λ ≥ 0 (reference: 2e-9 with ``normalize=False``).
         sigma_rgb: colour bandwidth in 0..255 units (reference: 15).
-        sigma_xy: spatial bandwidth in pixels of the *input* resolution
-            (reference: 100); it is multiplied by ``scale_factor``.
+        sigma_xy: spatial bandwidth in pixels (voxels) of the *input*
+            resolution, or in the units of ``spacing`` (reference: 100); it
+            follows ``scale_factor`` (stays the same physical width).
         scale_factor: the inputs are resized by this factor before the loss
-            (``F.interpolate``: nearest for image and roi, bilinear with
-            ``align_corners=False`` for probs), as the reference does
-            (0.5 in its recipes).
+            (``F.interpolate``: nearest for image and roi, bilinear (trilinear
+            for volumes) with ``align_corners=False`` for probs), as the
+            reference does (0.5 in its recipes). A number resizes every
+            spatial axis; a tuple gives one factor per axis, e.g.
+            ``(1, 0.5, 0.5)`` to resize a volume in-plane only (then slice by
+            slice, with the 2-D kernels).
         normalize: divide each image's energy by ``roiᵀ W roi`` = (roi pixel
             count) × (mean kernel mass ``(W roi)_i`` over roi pixels). The
             normalised energy is the affinity-weighted fraction of pixel pairs
-            labelled differently, in 0..1 whatever the resolution, sigmas or
-            lattice gain, so a weight of order 0.1 is sensible. It matches the
+            labelled differently, in 0..1 whatever the resolution, sigmas,
+            lattice gain or (for volumes) number of slices, so a weight of
+            order 0.1 is sensible. It matches the
             unnormalised loss with weight ``w_ref`` when
             ``weight = w_ref · roiᵀ W roi`` (roiᵀ W roi is about 3e7–7e7 on
             513×513 VOC crops at scale 0.5 with σ = 15/100, so ``w_ref=2e-9``
@@ -307,6 +348,8 @@ def densecrf_loss(
             reuse over many calls on the same image. Then ``image`` may be
             ``None`` and is not read, ``sigma_rgb``, ``sigma_xy`` and
             ``backend`` are the lattice's, and ``scale_factor`` must be 1.
+        spacing: voxel size per spatial axis, ``(sd, sh, sw)`` for a volume
+            (``(sh, sw)`` for an image), > 0; ``None``: 1 (``sigma_xy`` in voxels).
 
     Returns:
         0-dim tensor, float32 (float64 for float64 ``probs``), ``≥ 0``.
@@ -324,6 +367,15 @@ def densecrf_loss(
         >>> loss = densecrf_loss(image, logits.softmax(1), weight=2e-9, sigma_xy=100.0)
         >>> loss.backward()
 
+        A volume (1-channel MRI, slices 6 mm apart, 1.5 mm pixels, sigma in mm):
+
+        >>> vol = torch.rand(1, 1, 4, 24, 24) * 255
+        >>> vprobs = torch.randn(1, 4, 4, 24, 24).softmax(1)
+        >>> e = densecrf_loss(vol, vprobs, weight=1.0, sigma_rgb=15.0, sigma_xy=9.0,
+        ...                   spacing=(6.0, 1.5, 1.5), normalize=True)
+        >>> 0.0 <= float(e) <= 1.0
+        True
+
         A lattice built once, reused (the same value):
 
         >>> from rloss.lattice import Lattice, bilateral_features
@@ -339,10 +391,13 @@ def densecrf_loss(
     # probabilities probabilities and propagates NaN/Inf)
     deferred = device.type == "cpu"
     if lattice is not None:
+        if spacing is not None:
+            raise ValueError("spacing must be None with a prebuilt lattice (it is the lattice's)")
         return _densecrf_on_lattice(lattice, probs, roi, weight, normalize, scale_factor)
     with _checks.no_autocast(device):
         lat, probs_c, roi_c = prepare_pairwise(
-            image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend, not deferred
+            image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend, not deferred,
+            spacing=spacing,
         )
         return _potts_on_lattice(
             lat, probs_c, roi_c, bool(normalize), weight, probs.dtype if deferred else None
@@ -355,17 +410,18 @@ def _densecrf_on_lattice(
     roi: Tensor | None,
     weight: float,
     normalize: bool,
-    scale_factor: float,
+    scale_factor: float | tuple[float, ...],
 ) -> Tensor:
     """:func:`densecrf_loss` on a prebuilt lattice (``probs`` at the lattice's resolution)."""
     if not isinstance(lattice, Lattice):
         raise TypeError(f"lattice must be a rloss.lattice.Lattice, got {type(lattice).__name__}")
-    if float(scale_factor) != 1.0:
+    sf = _checks.check_scale_factor(scale_factor)
+    if any(f != 1.0 for f in ((sf,) if isinstance(sf, float) else sf)):
         raise ValueError(
             f"scale_factor must be 1 with a prebuilt lattice (got {scale_factor}): build the "
             "lattice at the resolution of probs instead"
         )
-    probs = _checks.check_float_tensor("probs", probs, 4, "(N, K, H, W)")
+    probs = _checks.check_float_tensor("probs", probs, (4, 5), "(N, K, H, W) or (N, K, D, H, W)")
     want = (lattice.batch, *lattice.spatial)
     if (probs.shape[0], *probs.shape[2:]) != want:
         raise ValueError(
@@ -396,14 +452,17 @@ class DenseCRFLoss(nn.Module):
         weight: loss weight (reference 2e-9).
         sigma_rgb: colour bandwidth, 0..255 units (reference 15).
         sigma_xy: spatial bandwidth in input pixels (reference 100).
-        scale_factor: resize factor applied before the loss (reference 0.5).
+        scale_factor: resize factor applied before the loss (reference 0.5), a
+            number or one per spatial axis.
         normalize: divide by ``roiᵀ W roi`` per image (weight ≈ 0.1 matches 2e-9).
         backend: lattice backend or ``None`` for the device default.
+        spacing: voxel size per spatial axis for volumes (``sigma_xy`` then in
+            its units), or ``None``.
 
     Shape:
-        - image: ``(N, C, H, W)`` float, 0..255.
-        - probs: ``(N, K, H, W)`` float softmax.
-        - roi: ``(N, H, W)`` or ``None``.
+        - image: ``(N, C, H, W)`` float, 0..255 (volumes: ``(N, C, D, H, W)``).
+        - probs: ``(N, K, H, W)`` float softmax (volumes: ``(N, K, D, H, W)``).
+        - roi: ``(N, H, W)`` (volumes: ``(N, D, H, W)``) or ``None``.
         - output: scalar.
 
     Example:
@@ -424,23 +483,26 @@ class DenseCRFLoss(nn.Module):
         weight: float = DEFAULT_WEIGHT,
         sigma_rgb: float = DEFAULT_SIGMA_RGB,
         sigma_xy: float = DEFAULT_SIGMA_XY,
-        scale_factor: float = 1.0,
+        scale_factor: float | tuple[float, ...] = 1.0,
         normalize: bool = False,
         backend: str | None = None,
+        spacing: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
         self.weight = _checks.check_weight("weight", weight)
         self.sigma_rgb = _checks.check_positive("sigma_rgb", sigma_rgb)
         self.sigma_xy = _checks.check_positive("sigma_xy", sigma_xy)
-        self.scale_factor = _checks.check_positive("scale_factor", scale_factor)
+        self.scale_factor = _checks.check_scale_factor(scale_factor)
         self.normalize = bool(normalize)
         self.backend = backend
+        self.spacing = _checks.check_spacing(spacing, None)
 
     def extra_repr(self) -> str:
         return (
             f"weight={self.weight:g}, sigma_rgb={self.sigma_rgb:g}, sigma_xy={self.sigma_xy:g}, "
-            f"scale_factor={self.scale_factor:g}, normalize={self.normalize}, "
+            f"scale_factor={_fmt_scale(self.scale_factor)}, normalize={self.normalize}, "
             f"backend={self.backend!r}"
+            + ("" if self.spacing is None else f", spacing={self.spacing}")
         )
 
     def forward(self, image: Tensor, probs: Tensor, roi: Tensor | None = None) -> Tensor:
@@ -454,4 +516,12 @@ class DenseCRFLoss(nn.Module):
             scale_factor=self.scale_factor,
             normalize=self.normalize,
             backend=self.backend,
+            spacing=self.spacing,
         )
+
+
+def _fmt_scale(scale: float | tuple[float, ...]) -> str:
+    """``0.5`` or ``(1, 0.5, 0.5)`` (the module reprs)."""
+    if isinstance(scale, float):
+        return f"{scale:g}"
+    return "(" + ", ".join(f"{v:g}" for v in scale) + ")"

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from rloss import checks as _checks
 from rloss.lattice import Lattice
 from rloss.losses.composite import TermInputs
-from rloss.losses.densecrf import prepare_pairwise
+from rloss.losses.densecrf import _fmt_scale, prepare_pairwise
 
 __all__ = ["NCUT_EPS", "NormalizedCutLoss", "ncut_loss"]
 
@@ -55,16 +55,16 @@ class _NCutEnergy(torch.autograd.Function):
         filt = lattice.filter(vals, check_finite=False)
         ws, wr = filt[:, :k], filt[:, k:]
         tiny = torch.finfo(probs.dtype).tiny
-        assoc = (s * ws).sum(dim=(2, 3))  # (N, K)  S̃_kᵀ W S̃_k
-        degree = (s * wr).sum(dim=(2, 3))  # (N, K)  dᵀ S̃_k
-        volume = (r * wr).sum(dim=(1, 2, 3))  # (N,)  dᵀ roi
+        space = tuple(range(2, probs.dim()))  # (2, 3) for images, (2, 3, 4) for volumes
+        assoc = (s * ws).sum(dim=space)  # (N, K)  S̃_kᵀ W S̃_k
+        degree = (s * wr).sum(dim=space)  # (N, K)  dᵀ S̃_k
+        volume = (r * wr).sum(dim=(1, *space))  # (N,)  dᵀ roi
         denom = degree + NCUT_EPS * volume.unsqueeze(1) + tiny
         cut = degree - assoc
         per_image = (cut / denom).sum(dim=1)
         if want_grad:
-            grad = (wr - 2.0 * ws) / denom[..., None, None] - (cut / denom.square())[
-                ..., None, None
-            ] * wr
+            bc = (n, k) + (1,) * len(space)
+            grad = (wr - 2.0 * ws) / denom.view(bc) - (cut / denom.square()).view(bc) * wr
             ctx.save_for_backward(grad.mul_(r * (weight / n)))
         return per_image.sum() * (weight / n)
 
@@ -88,8 +88,9 @@ def ncut_loss(
     sigma_rgb: float,
     sigma_xy: float,
     weight: float = 1.0,
-    scale_factor: float = 1.0,
+    scale_factor: float | tuple[float, ...] = 1.0,
     backend: str | None = None,
+    spacing: tuple[float, ...] | None = None,
 ) -> Tensor:
     r"""Normalized Cut loss ``weight · (1/N) Σ_n Σ_k S̃_kᵀ W (roi − S̃_k) / (dᵀ S̃_k)``.
 
@@ -104,16 +105,23 @@ def ncut_loss(
     Reference: Tang et al., "Normalized Cut Loss for Weakly-supervised CNN
     Segmentation", CVPR 2018.
 
+    Volumes (5-D inputs, optional ``spacing``) as in :func:`~rloss.losses.densecrf_loss`.
+
     Args:
-        image: ``(N, C, H, W)`` float guidance image, 0..255.
-        probs: ``(N, K, H, W)`` float softmax probabilities.
-        roi: ``(N, H, W)`` region of interest in 0..1, or ``None`` (all ones).
+        image: ``(N, C, H, W)`` float guidance image, 0..255, or a volume
+            ``(N, C, D, H, W)``.
+        probs: ``(N, K, H, W)`` (``(N, K, D, H, W)``) float softmax probabilities.
+        roi: ``(N, H, W)`` (``(N, D, H, W)``) region of interest in 0..1, or
+            ``None`` (all ones).
         sigma_rgb: colour bandwidth, 0..255 units.
-        sigma_xy: spatial bandwidth in input pixels (multiplied by ``scale_factor``).
+        sigma_xy: spatial bandwidth in input pixels (voxels, or the units of
+            ``spacing``); follows ``scale_factor``.
         weight: loss weight ≥ 0.
-        scale_factor: resize factor applied before the loss, as in
-            :func:`~rloss.losses.densecrf_loss`.
+        scale_factor: resize factor applied before the loss, a number or one
+            per spatial axis, as in :func:`~rloss.losses.densecrf_loss`.
         backend: lattice backend or ``None`` for the device default.
+        spacing: voxel size per spatial axis (``(sd, sh, sw)`` for a volume), or
+            ``None`` (1: ``sigma_xy`` in voxels).
 
     Returns:
         0-dim tensor, float32 (float64 for float64 ``probs``), in ``0..weight·K``.
@@ -124,12 +132,20 @@ def ncut_loss(
         >>> image = torch.rand(1, 3, 32, 32) * 255
         >>> probs = torch.randn(1, 3, 32, 32).softmax(1)
         >>> loss = ncut_loss(image, probs, sigma_rgb=15.0, sigma_xy=40.0)
+
+        A volume with anisotropic voxels (sigma in mm):
+
+        >>> vol = torch.rand(1, 1, 3, 16, 16) * 255
+        >>> vloss = ncut_loss(vol, torch.randn(1, 2, 3, 16, 16).softmax(1), sigma_rgb=15.0,
+        ...                   sigma_xy=6.0, spacing=(5.0, 1.5, 1.5))
+        >>> 0.0 <= float(vloss) <= 2.0
+        True
     """
     weight = _checks.check_weight("weight", weight)
     device = probs.device if isinstance(probs, Tensor) else torch.device("cpu")
     with _checks.no_autocast(device):
         lattice, probs_c, roi_c = prepare_pairwise(
-            image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend
+            image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend, spacing=spacing
         )
         return _NCutEnergy.apply(probs_c, roi_c, lattice, weight)
 
@@ -141,13 +157,14 @@ class NormalizedCutLoss(nn.Module):
         weight: loss weight ≥ 0.
         sigma_rgb: colour bandwidth, 0..255 units.
         sigma_xy: spatial bandwidth in input pixels.
-        scale_factor: resize factor applied before the loss.
+        scale_factor: resize factor applied before the loss (number or per axis).
         backend: lattice backend or ``None`` for the device default.
+        spacing: voxel size per spatial axis for volumes, or ``None``.
 
     Shape:
-        - image: ``(N, C, H, W)`` float, 0..255.
-        - probs: ``(N, K, H, W)`` float softmax.
-        - roi: ``(N, H, W)`` or ``None``.
+        - image: ``(N, C, H, W)`` float, 0..255 (volumes: ``(N, C, D, H, W)``).
+        - probs: ``(N, K, H, W)`` float softmax (volumes: ``(N, K, D, H, W)``).
+        - roi: ``(N, H, W)`` (volumes: ``(N, D, H, W)``) or ``None``.
         - output: scalar in ``0..weight·K``.
 
     Example:
@@ -164,20 +181,23 @@ class NormalizedCutLoss(nn.Module):
         weight: float,
         sigma_rgb: float,
         sigma_xy: float,
-        scale_factor: float = 1.0,
+        scale_factor: float | tuple[float, ...] = 1.0,
         backend: str | None = None,
+        spacing: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
         self.weight = _checks.check_weight("weight", weight)
         self.sigma_rgb = _checks.check_positive("sigma_rgb", sigma_rgb)
         self.sigma_xy = _checks.check_positive("sigma_xy", sigma_xy)
-        self.scale_factor = _checks.check_positive("scale_factor", scale_factor)
+        self.scale_factor = _checks.check_scale_factor(scale_factor)
         self.backend = backend
+        self.spacing = _checks.check_spacing(spacing, None)
 
     def extra_repr(self) -> str:
         return (
             f"weight={self.weight:g}, sigma_rgb={self.sigma_rgb:g}, sigma_xy={self.sigma_xy:g}, "
-            f"scale_factor={self.scale_factor:g}, backend={self.backend!r}"
+            f"scale_factor={_fmt_scale(self.scale_factor)}, backend={self.backend!r}"
+            + ("" if self.spacing is None else f", spacing={self.spacing}")
         )
 
     def forward(self, image: Tensor, probs: Tensor, roi: Tensor | None = None) -> Tensor:
@@ -190,4 +210,5 @@ class NormalizedCutLoss(nn.Module):
             weight=self.weight,
             scale_factor=self.scale_factor,
             backend=self.backend,
+            spacing=self.spacing,
         )

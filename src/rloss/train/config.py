@@ -108,7 +108,7 @@ class _LossTerms(Mapping[str, dict[str, Any]]):
 #: Loss terms a recipe may enable, with their default parameters (derived; see
 #: :class:`_LossTerms`). E.g. ``LOSS_TERMS["densecrf"]`` is ``{"weight": 2e-9,
 #: "sigma_rgb": 15.0, "sigma_xy": 100.0, "scale_factor": 0.5, "normalize": False,
-#: "backend": None}``.
+#: "backend": None, "spacing": None}``.
 LOSS_TERMS: Mapping[str, dict[str, Any]] = _LossTerms()
 
 DATA_KINDS = ("voc_scribble", "folder", "synthetic", "acdc")
