@@ -19,21 +19,23 @@ only (no loop over pixels, vertices or images):
    slower path relabels one coordinate at a time.
 4. **One** stable sort of the ``Q (d+1)`` keys (``Q`` = pixels of the whole
    batch) numbers the ``M`` vertices in key order and, through its
-   permutation, gives the splat matrix ``S`` (``M x Q``) in compressed-row
-   (CSR) form directly: its rows are the runs of equal keys. The slice
-   matrix ``alpha S^T`` is CSR with ``d+1`` entries per row for free. The
-   ``2 (d+1)`` blur neighbours of every vertex are found once with
-   ``searchsorted`` on the sorted unique keys; a missing neighbour points at
-   row ``M``, which always holds zeros.
+   permutation, gives the splat matrix ``S`` (``M x Q``) row by row: a
+   vertex's entries are a run of equal keys. The slice matrix ``alpha S^T``
+   has ``d+1`` entries per row for free. The ``2 (d+1)`` blur neighbours of
+   every vertex are found once by one ``searchsorted`` of shifted keys (the
+   shift depends only on whether the vertex's remainder wraps); a missing
+   neighbour points at row ``M``, which always holds zeros.
 
 Filtering (:meth:`TorchLattice.apply`) works on values laid out as
-``(pixels, C)``: splat ``S @ V`` and slice ``alpha S^T @ G`` are sparse-dense
-products (MKL on the CPU, cuSPARSE on CUDA; ``index_add_``/gathers on devices
-without sparse CSR products), and the ``d+1`` blur passes
-``v + 0.5 (v[n1] + v[n2])`` are gathers on the precomputed neighbour indices.
+``(pixels, C)``: splat ``S V`` and slice ``alpha S^T G`` are weighted sums of
+rows, ``F.embedding_bag(mode="sum", per_sample_weights=...)`` (one kernel each,
+no atomics, no scatter), and the ``d+1`` blur passes ``v + 0.5 (v[n1] +
+v[n2])`` are gathers on the precomputed neighbour indices.
 :meth:`TorchLattice.quadratic_form` fuses the DenseCRF/NCut quadratic form
-around one such pass, writing its input and reading its output pixel-major
-without extra transposes.
+around one such pass: it writes its input pixel-major straight from ``x`` and
+``r``, takes the value and the volume from the ``M`` splatted and blurred
+vertices (``s^T W y = alpha (S s)^T B (S y)``) instead of the pixels, and
+writes the gradient channel-major straight from the slice.
 
 Host synchronisation: ``apply`` and ``quadratic_form`` never synchronise.
 :func:`build` does twice, and only there: once to read back the elevated
@@ -50,9 +52,9 @@ The result reproduces the rloss reference lattice (tolerance A of
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions, elevation_scales
@@ -64,7 +66,7 @@ __all__ = ["TorchLattice", "build"]
 #: (``BuildOptions(keys="full")`` takes it always).
 _MAX_PACKED_BITS = 63
 
-#: Keys (and CSR indices) are int32 below this capacity.
+#: Keys (and vertex/pixel indices) are int32 below this capacity.
 _INT32_LIMIT = 2**31 - 1
 
 #: Most query elements per batched neighbour look-up at construction.
@@ -80,9 +82,6 @@ _MAX_ELEVATED = float(2**40)
 #: within 2 of ``el/(d+1)`` after the rank wrap, a vertex 1 further, a
 #: neighbour 1 more.
 _KEY_MARGIN = 5
-
-#: Devices whose sparse CSR x dense products torch implements (others use index ops).
-_CSR_DEVICES = ("cpu", "cuda")
 
 
 def _scale_factors(d: int, device: torch.device) -> Tensor:
@@ -109,71 +108,76 @@ def _elevate(f: Tensor) -> Tensor:
 
 
 class _Simplex:
-    """Enclosing simplex of each elevated point, in rank-sorted order.
+    """Enclosing simplex of each elevated point, in descending final-rank order.
 
     Attributes (``Q`` points, ``d+1`` coordinates):
-        order: ``(Q, d+1)`` int64, ``order[:, k]`` is the coordinate whose
-            differential has (pre-wrap) rank ``k`` (descending, ties to the
-            lower coordinate: the reference's pairwise rule).
-        m_sorted: ``(Q, d+1)`` int64, remainder-0 point ``/ (d+1)`` of
-            coordinate ``order[:, k]`` after the rank wrap.
-        by_rank: ``(Q, d+1)`` int64, ``by_rank[:, j]`` is the position ``k``
-            (in ``order``) of the coordinate with final rank ``j``.
+        coord: ``(Q, d+1)`` int64, ``coord[:, t]`` is the coordinate of final
+            rank ``d - t`` (ranks: position in a stable descending sort of the
+            differentials, ties to the lower coordinate as in the reference's
+            pairwise loop, then shifted by ``sum(rem0) / (d+1)`` and wrapped).
+        m: ``(Q, d+1)`` int32/int64 (``int_dtype``), remainder-0 point
+            ``/ (d+1)`` of coordinate ``coord[:, t]`` after the wrap.
         bary: ``(Q, d+1)`` float32 barycentric weight of the remainder-``r``
             vertex in column ``r`` (rows sum to 1).
     """
 
-    def __init__(self, el: Tensor) -> None:
+    def __init__(self, el: Tensor, int_dtype: torch.dtype = torch.int64) -> None:
+        """``el``: ``(Q, d+1)`` float32 elevated points; ``int_dtype``: int32 only
+        when every ``|el| < 2**23``, else int64."""
         q, d1 = el.shape
         d = d1 - 1
         dev = el.device
         down_factor = torch.tensor(1.0 / d1, dtype=torch.float32, device=dev)
-        v = el * down_factor
-        up = torch.ceil(v)
-        down = torch.floor(v)
-        use_up = up * d1 - el < el - down * d1
-        m = torch.where(use_up, up, down)  # float32, integer valued
-        diff = el - m * d1
-        m_int = m.to(torch.int64)
-        del v, up, down, use_up, m
-        total = m_int.sum(dim=1, keepdim=True)  # (Q, 1): sum(rem0) / (d+1)
+        # nearest remainder-0 point (d+1) m: the reference's up/down comparison
+        down = el * down_factor
+        up = torch.ceil(down)
+        down.floor_()
+        closer_up = torch.mul(up, d1).sub_(el)
+        closer_up = closer_up < torch.mul(down, d1).neg_().add_(el)
+        m = torch.where(closer_up, up, down, out=up)  # float32, integer valued
+        del down, closer_up
+        diff = torch.mul(m, d1).neg_().add_(el)  # el - (d+1) m
+        # sum(rem0) / (d+1): a float32 matrix-vector product is exact while every
+        # partial sum is an integer below 2^24 (int32 mode: |el| < 2^23)
+        if int_dtype == torch.int32:
+            total = (m @ torch.ones(d1, dtype=torch.float32, device=dev)).to(torch.int64)
+            total = total.unsqueeze(1)
+            m_int = m.to(int_dtype)
+        else:
+            m_int = m.to(int_dtype)
+            total = m_int.sum(dim=1, keepdim=True)
+        del m
 
-        # ranks: position in a stable descending sort (ties go to the lower
-        # coordinate), the reference's pairwise loop in one op
-        self.order = torch.sort(diff, dim=1, descending=True, stable=True).indices
+        order = torch.sort(diff, dim=1, descending=True, stable=True).indices
         del diff
-        ar = torch.arange(d1, device=dev)
-        shifted = ar + total  # rank + total of the coordinate at position k
-        wrap = shifted.div(d1, rounding_mode="floor")  # -1, 0 or 1
-        self.m_sorted = m_int.gather(1, self.order).sub_(wrap)
-        del shifted, wrap, m_int
-        # final rank of position k is (k + total) mod (d+1): invert the roll
-        self.by_rank = (ar - total).remainder_(d1)
-
-        el_s = el.gather(1, self.order)
-        vb = (el_s - (self.m_sorted * d1).to(torch.float32)) * down_factor
-        del el_s
-        vs = vb.gather(1, self.by_rank)  # vs[:, j]: differential of final rank j
-        del vb
-        # reference: b[d - rank_i] += v_i, b[d + 1 - rank_i] -= v_i, b[0] += 1 + b[d + 1]
-        rev = vs.flip(1)  # rev[:, j] = vs[:, d - j]
+        rank = torch.arange(d, -1, -1, device=dev)  # final rank d - t of column t
+        # final rank of sorted position k is (k + total) mod (d+1); invert the roll
+        pos = (rank - total).remainder_(d1)  # sorted position of each final rank
+        self.coord = order.gather(1, pos)
+        del order
+        # wrap: (k + total - rank) / (d+1) in {-1, 0, 1}, k = pos
+        wrap = pos.sub_(rank).add_(total).div_(d1, rounding_mode="floor").to(int_dtype)
+        self.m = m_int.gather(1, self.coord).sub_(wrap)
+        del wrap, m_int
+        vs = (self.m * d1).to(torch.float32)
+        torch.sub(el.gather(1, self.coord), vs, out=vs).mul_(down_factor)  # v of rank d - t
+        # reference: b[d - rank_i] += v_i, b[d + 1 - rank_i] -= v_i, b[0] += 1 + b[d + 1],
+        # i.e. b[t] = v(rank d - t) - v(rank d + 1 - t) and b[0] = v(rank d) + (1 - v(rank 0))
         bary = torch.empty(q, d1, dtype=torch.float32, device=dev)
-        torch.sub(rev[:, 1:], rev[:, :-1], out=bary[:, 1:])
-        torch.add(rev[:, 0], 1.0 - vs[:, 0], out=bary[:, 0])
+        torch.sub(vs[:, 1:], vs[:, :-1], out=bary[:, 1:])
+        torch.add(vs[:, 0], 1.0 - vs[:, d], out=bary[:, 0])
         self.bary = bary
 
     def rank(self) -> Tensor:
         """``(Q, d+1)`` int64 final rank of each coordinate (a permutation of ``0..d``)."""
-        d1 = self.order.shape[1]
-        pos_rank = torch.empty_like(self.by_rank).scatter_(
-            1, self.by_rank, torch.arange(d1, device=self.order.device).expand_as(self.order)
-        )  # final rank of position k
-        return torch.empty_like(self.order).scatter_(1, self.order, pos_rank)
+        d1 = self.coord.shape[1]
+        ranks = torch.arange(d1 - 1, -1, -1, device=self.coord.device).expand_as(self.coord)
+        return torch.empty_like(self.coord).scatter_(1, self.coord, ranks)
 
     def rem0(self) -> Tensor:
         """``(Q, d+1)`` int64 remainder-0 point (after the rank wrap), coordinate order."""
-        d1 = self.order.shape[1]
-        return torch.empty_like(self.order).scatter_(1, self.order, self.m_sorted * d1)
+        d1 = self.coord.shape[1]
+        return torch.empty_like(self.coord).scatter_(1, self.coord, self.m.to(torch.int64) * d1)
 
 
 def _simplex(el: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -215,31 +219,40 @@ class _KeyLayout:
         for j in range(d + 1):
             sj = st[j] if j < d else 0
             others = sum(st) - sj
-            # n1 (-1 everywhere, +d at j): r -> r - 1 and q_j + 1; from r = 0: r -> d, q_i - 1 (i != j)
+            # n1 (-1 everywhere, +d at j): r -> r - 1 and q_j + 1;
+            # from r = 0: r -> d and q_i - 1 (i != j)
             out.append((0, -1 + sj, d - others))
             # n2, the opposite: r -> r + 1 and q_j - 1; from r = d: r -> 0, q_i + 1 (i != j)
             out.append((d, 1 - sj, -d + others))
         return out
 
 
-def _packed_keys(simplex: _Simplex, image: Tensor, layout: _KeyLayout, dtype: torch.dtype) -> Tensor:
-    """``(Q, d+1)`` keys of the ``d+1`` vertices of each point's simplex."""
-    order = simplex.order
-    d1 = order.shape[1]
+def _packed_keys(
+    simplex: _Simplex, image: Tensor, layout: _KeyLayout, dtype: torch.dtype
+) -> Tensor:
+    """``(Q, d+1)`` keys (``dtype``) of the ``d+1`` vertices of each point's simplex.
+
+    ``q_i`` of the remainder-``r`` vertex is ``m_i`` lowered by one for the
+    ``r`` coordinates of highest final rank (``coord[:, :r]``): ``key_r = key_0
+    + r -`` the cumulative sum of their strides.
+    """
+    coord = simplex.coord
+    d1 = coord.shape[1]
     d = d1 - 1
-    dev = order.device
-    stride_full = torch.tensor(layout.strides + [0], dtype=torch.int64, device=dev)
-    offset = sum(lo * s for lo, s in zip(layout.lo, layout.strides))
-    stride_s = stride_full[order]  # stride of the coordinate at sorted position k
-    base = (simplex.m_sorted * stride_s).sum(dim=1).add_(image * layout.image_stride - offset)
-    # the remainder-r vertex lowers q_i by one for the r coordinates of highest final rank
-    lowered = stride_s.gather(1, simplex.by_rank).flip(1).cumsum_(1)
-    del stride_s
-    keys = torch.empty(order.shape[0], d1, dtype=torch.int64, device=dev)
+    dev = coord.device
+    stride = torch.tensor([*layout.strides, 0], dtype=dtype, device=dev)
+    lo = torch.tensor([*layout.lo, 0], dtype=simplex.m.dtype, device=dev)
+    stride_f = stride.take(coord)  # stride of coordinate coord[:, t]
+    q0 = lo.take(coord).neg_().add_(simplex.m).to(dtype)  # q - lo of the remainder-0 vertex
+    base = q0.mul_(stride_f).sum(dim=1, dtype=dtype)
+    del q0
+    base += image.to(dtype) * layout.image_stride
+    keys = torch.empty(coord.shape[0], d1, dtype=dtype, device=dev)
     keys[:, 0] = base
-    torch.sub(base.unsqueeze(1), lowered[:, :d], out=keys[:, 1:])
-    keys[:, 1:] += torch.arange(1, d1, device=dev)
-    return keys.to(dtype)
+    torch.cumsum(stride_f[:, :d], dim=1, out=keys[:, 1:])
+    del stride_f
+    keys[:, 1:].neg_().add_(base.unsqueeze(1)).add_(torch.arange(1, d1, dtype=dtype, device=dev))
+    return keys
 
 
 def _neighbour_deltas(d: int) -> list[list[int]]:
@@ -276,14 +289,15 @@ def _index_dtype(n: int) -> torch.dtype:
     return torch.int32 if n < _INT32_LIMIT else torch.int64
 
 
-def _number_vertices(keys: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _number_vertices(keys: Tensor, idx_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One stable sort of the entry keys: vertex ids and the splat matrix's rows.
 
     Args:
         keys: ``(E,)`` integer keys, one per (pixel, remainder) entry.
+        idx_dtype: dtype of the vertex ids (int32 when ``E < 2**31``).
 
     Returns:
-        ``(unique_keys (M,), starts (M,) int64, perm (E,) int64, vertex (E,) int64)``:
+        ``(unique_keys (M,), starts (M,) int64, perm (E,) int64, vertex (E,))``:
         the sorted unique keys, the first sorted position of each vertex,
         the sort permutation and each entry's vertex id (key order).
     """
@@ -296,7 +310,7 @@ def _number_vertices(keys: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     starts = change.nonzero().squeeze(1)
     unique_keys = sorted_keys[starts]
     del sorted_keys
-    vid = change.cumsum(0).sub_(1)
+    vid = change.cumsum(0, dtype=idx_dtype).sub_(1)
     del change
     vertex = torch.empty_like(vid).scatter_(0, perm, vid)
     return unique_keys, starts, perm, vertex
@@ -345,9 +359,9 @@ def _relabel(
     if total * total >= 2**63:
         raise ValueError(f"too many lattice vertex instances ({total}) for int64 relabelling")
     # (Q, d+1, d) coordinates of each entry's vertex, pixel-major like the packed path
-    offsets = (d + 1) * (rank[:, :d].unsqueeze(1) > d - torch.arange(d + 1, device=dev).view(
-        1, d + 1, 1
-    )).to(torch.int64)
+    offsets = (d + 1) * (
+        rank[:, :d].unsqueeze(1) > d - torch.arange(d + 1, device=dev).view(1, d + 1, 1)
+    ).to(torch.int64)
     coords = (
         rem0[:, :d].unsqueeze(1) + torch.arange(d + 1, device=dev).view(1, d + 1, 1) - offsets
     ).reshape(total, d)
@@ -386,13 +400,6 @@ def _relabel(
     return ids.view(q, d + 1), neighbours.view(d + 1, 2, m), m
 
 
-def _csr(crow: Tensor, col: Tensor, val: Tensor, shape: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():
-        # "Sparse CSR tensor support is in beta state" (once per process)
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
-
-
 class TorchLattice:
     """A permutohedral lattice over a batch, built by :func:`build`.
 
@@ -416,13 +423,15 @@ class TorchLattice:
         num_vertices: int,
         packed: bool,
         splat_order: tuple[Tensor, Tensor] | None = None,
+        vertex_image: Tensor | None = None,
     ) -> None:
         """Args (``Q = batch * num_pixels`` points, ``d1 = dim + 1``):
         vertex: ``(Q, d1)`` int32/int64 vertex id of each point's remainder-``r`` vertex.
         weight: ``(Q, d1)`` float32 barycentric weights.
         neighbours: ``(d1, 2, M)`` int32/int64 blur neighbours (``M`` = missing).
         splat_order: ``(starts (M,), perm (Q d1,))`` from the build's sort (the
-            splat matrix in CSR form); computed here when ``None``.
+            splat matrix row by row); found again by a sort when ``None``.
+        vertex_image: ``(M,)`` int64 image of each vertex; computed when ``None``.
         """
         self.batch = batch
         self.num_pixels = num_pixels
@@ -434,8 +443,11 @@ class TorchLattice:
         self.packed = packed
         self.alpha = 1.0 / (1.0 + 2.0 ** (-dim))
         self._splat_order = splat_order
-        self._csr: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
-        self._columns: Tensor | None = None
+        self._bags: tuple[Tensor, Tensor, Tensor] | None = None
+        self._cache: dict[tuple[str, torch.dtype], Tensor] = {}
+        self._image_of_vertex = vertex_image
+        if splat_order is not None:
+            self._splat_bags()  # now, so that the sort permutation can go
 
     def __repr__(self) -> str:
         return (
@@ -449,66 +461,68 @@ class TorchLattice:
 
     # ------------------------------------------------------------------ operators
 
-    def _matrices(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """CSR splat ``S`` ``(M+1, Q)`` (last row empty) and slice ``alpha S^T`` ``(Q, M+1)``."""
-        if dtype in self._csr:
-            return self._csr[dtype]
-        q, d1 = self._vertex.shape
-        e = q * d1
-        m = self.num_vertices
-        dev = self.device
-        idx = self._vertex.dtype
-        weight = self._weight.reshape(-1).to(dtype)
-        if self._splat_order is None:
-            _, perm = torch.sort(self._vertex.reshape(-1).to(torch.int64), stable=True)
-            counts = torch.bincount(self._vertex.reshape(-1).to(torch.int64), minlength=m)
-            starts = counts.cumsum(0) - counts
-        else:
-            starts, perm = self._splat_order
-        crow = torch.empty(m + 2, dtype=idx, device=dev)
-        crow[:m] = starts
-        crow[m:] = e
-        splat = _csr(crow, perm.div(d1, rounding_mode="floor").to(idx), weight[perm], (m + 1, q))
-        crow_t = torch.arange(0, e + 1, d1, dtype=idx, device=dev)
-        slice_ = _csr(crow_t, self._vertex.reshape(-1), weight * self.alpha, (q, m + 1))
-        self._csr[dtype] = (splat, slice_)
-        return splat, slice_
+    def _splat_bags(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The splat matrix ``S`` ``(M+1, Q)`` row by row: ``(pixel (E,), offsets (M+2,),
+        weight (E,) float32)``, each vertex's entries contiguous (the last row is empty)."""
+        if self._bags is None:
+            q, d1 = self._vertex.shape
+            e = q * d1
+            m = self.num_vertices
+            flat_vertex = self._vertex.reshape(-1)
+            if self._splat_order is None:
+                ordered, perm = torch.sort(flat_vertex, stable=True)
+                first = torch.arange(m, dtype=ordered.dtype, device=self.device)
+                starts = torch.searchsorted(ordered, first)
+            else:
+                starts, perm = self._splat_order
+            idx = self._vertex.dtype
+            offsets = torch.empty(m + 2, dtype=idx, device=self.device)
+            offsets[:m] = starts
+            offsets[m:] = e
+            pixel = perm.to(idx).div_(d1, rounding_mode="floor")
+            self._bags = (pixel, offsets, self._weight.reshape(-1)[perm])
+            self._splat_order = None
+        return self._bags
+
+    def _weights(self, which: str, dtype: torch.dtype) -> Tensor:
+        """Splat weights (``"splat"``, ``(E,)``) or ``alpha`` x slice weights (``"slice"``,
+        ``(Q, d+1)``) in ``dtype``, converted once."""
+        key = (which, dtype)
+        if key not in self._cache:
+            if which == "splat":
+                w = self._splat_bags()[2].to(dtype)
+            else:
+                w = self._weight.to(dtype) * self.alpha
+            self._cache[key] = w
+        return self._cache[key]
 
     def _splat(self, flat: Tensor) -> Tensor:
-        """``(Q, C)`` -> ``(M+1, C)`` lattice values (row ``M`` zero)."""
-        if self.device.type in _CSR_DEVICES:
-            return self._matrices(flat.dtype)[0] @ flat
-        if self._columns is None:
-            self._columns = self._vertex.t().contiguous()
-        weight = self._weight.to(flat.dtype)
-        grid = torch.zeros(self.num_vertices + 1, flat.shape[1], dtype=flat.dtype,
-                           device=flat.device)  # fmt: skip
-        for r in range(self.dim + 1):
-            grid.index_add_(0, self._columns[r], flat * weight[:, r : r + 1])
-        return grid
+        """``(Q, C)`` -> ``(M+1, C)`` lattice values ``S V`` (row ``M`` zero)."""
+        pixel, offsets, _ = self._splat_bags()
+        return F.embedding_bag(
+            pixel, flat, offsets, mode="sum", include_last_offset=True,
+            per_sample_weights=self._weights("splat", flat.dtype),
+        )  # fmt: skip
 
     def _slice(self, grid: Tensor) -> Tensor:
         """``(M+1, C)`` -> ``(Q, C)``: ``alpha`` times the barycentric interpolation."""
-        if self.device.type in _CSR_DEVICES:
-            return self._matrices(grid.dtype)[1] @ grid
-        if self._columns is None:
-            self._columns = self._vertex.t().contiguous()
-        weight = self._weight.to(grid.dtype) * self.alpha
-        out = grid.index_select(0, self._columns[0]).mul_(weight[:, :1])
-        for r in range(1, self.dim + 1):
-            out.addcmul_(grid.index_select(0, self._columns[r]), weight[:, r : r + 1])
-        return out
+        return F.embedding_bag(
+            self._vertex, grid, mode="sum", per_sample_weights=self._weights("slice", grid.dtype)
+        )
 
     def _blur(self, grid: Tensor, transpose: bool) -> Tensor:
-        """``d+1`` passes ``v + 0.5 (v[n1] + v[n2])``; row ``M`` stays zero."""
+        """``d+1`` passes ``v + 0.5 (v[n1] + v[n2])`` into new buffers (``grid`` is
+        kept); row ``M`` stays zero."""
         m = self.num_vertices
-        other = torch.empty_like(grid)
-        other[m:] = 0
+        out, spare = torch.empty_like(grid), torch.empty_like(grid)
+        out[m:] = 0
+        spare[m:] = 0
         for j in reversed(range(self.dim + 1)) if transpose else range(self.dim + 1):
             n1 = grid.index_select(0, self._neighbours[j, 0])
             n1.add_(grid.index_select(0, self._neighbours[j, 1]))
-            torch.add(grid[:m], n1, alpha=0.5, out=other[:m])
-            grid, other = other, grid
+            torch.add(grid[:m], n1, alpha=0.5, out=out[:m])
+            grid = out
+            out, spare = spare, out
         return grid
 
     def _filter_rows(self, flat: Tensor, transpose: bool = False) -> Tensor:
@@ -568,30 +582,45 @@ class TorchLattice:
         vals = torch.empty(n, p, k + 1, dtype=dtype, device=dev)
         torch.mul(x.transpose(1, 2), r.unsqueeze(2), out=vals[:, :, :k])
         vals[:, :, k] = r
-        filt = self._filter_rows(vals.view(n * p, k + 1)).view(n, p, k + 1)
-        ws = filt[:, :, :k]
-        wr = filt[:, :, k].clone()  # (N, P): W r
-        torch.sub(wr.unsqueeze(2), ws, out=ws)  # W r − W s, in place of W s
-        filt[:, :, k] = 0  # the r column of vals meets a zero: value sums s·(W r − W s)
-        flat_v, flat_f = vals.view(n, -1), filt.view(n, -1)
-        value = torch.stack([torch.dot(flat_v[i], flat_f[i]) for i in range(n)])
+        flat = vals.view(n * p, k + 1)
+        splat = self._splat(flat)  # (M+1, K+1) = S [s, r]
+        blurred = self._blur(splat, False)  # B S [s, r]
+        # s_kᵀ W y = alpha (S s_k)ᵀ B (S y): value and volume from the M vertices, not the pixels
+        m = self.num_vertices
+        sk, bk, br = splat[:m, :k], blurred[:m, :k], blurred[:m, k:]
+        per_vertex = torch.stack([(sk * (br - bk)).sum(1), splat[:m, k] * br[:, 0]])
+        sums = torch.zeros(2, n, dtype=torch.float64, device=dev)
+        sums.index_add_(1, self._vertex_image(), per_vertex.to(torch.float64))
+        sums = sums.mul_(self.alpha).to(dtype)
+        value, volume = sums[0], sums[1]
         coef = torch.full((n,), float(grad_scale or 0.0), dtype=dtype, device=dev)
         if normalize:
-            volume = torch.linalg.vecdot(r, wr).clamp_min(torch.finfo(dtype).tiny)
+            volume = volume.clamp_min(torch.finfo(dtype).tiny)
             value = value / volume
             coef = coef / volume
         else:
             volume = torch.ones(n, dtype=dtype, device=dev)
         if grad_scale is None:
             return value, volume, None, None
-        # grad = c (W r − 2 W s) = 2 c diff − c W r, c = coef r, written channel-major
-        c = r * coef.unsqueeze(1)
+        # slice: [W s, W r], pixel-major
+        filt = self._slice(blurred).view(n, p, k + 1)
+        ws, wr = filt[:, :, :k], filt[:, :, k:]
+        # grad = c (W r − 2 W s), c = coef r, written channel-major in one pass
+        c = (r * coef.unsqueeze(1)).unsqueeze(2)
         grad = torch.empty(n, k, p, dtype=dtype, device=dev)
-        torch.addcmul(
-            (c * wr).neg_().unsqueeze(2), ws, c.unsqueeze(2), value=2.0,
-            out=grad.transpose(1, 2),
-        )  # fmt: skip
+        torch.addcmul(c * wr, ws, c, value=-2.0, out=grad.transpose(1, 2))
         return value, volume, grad, None
+
+    def _vertex_image(self) -> Tensor:
+        """``(M,)`` int64 image index of each vertex."""
+        if self._image_of_vertex is None:
+            e = self._vertex.numel()
+            per_image = self.num_pixels * (self.dim + 1)  # entries are pixel-major
+            image = torch.arange(e, device=self.device).div_(per_image, rounding_mode="floor")
+            vimg = torch.zeros(self.num_vertices, dtype=torch.int64, device=self.device)
+            vimg.scatter_(0, self._vertex.reshape(-1).to(torch.int64), image)
+            self._image_of_vertex = vimg
+        return self._image_of_vertex
 
     def _check_shape(self, n: int, p: int, shape: torch.Size) -> None:
         if n != self.batch or p != self.num_pixels:
@@ -633,20 +662,21 @@ def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLat
 
     # Host sync 1 of 2 (construction only): the elevated magnitude (validity) and
     # the per-coordinate ranges that choose the packed key layout, one transfer
-    lo_el, hi_el = torch.aminmax(el[:, :d], dim=0)
-    stats = torch.cat([el.abs().amax().view(1), lo_el, hi_el]).tolist()
-    peak = stats[0]
-    if not peak < _MAX_ELEVATED:  # also catches NaN/Inf
+    lo_el, hi_el = torch.aminmax(el, dim=0)
+    stats = torch.cat([lo_el, hi_el]).tolist()
+    lo_el, hi_el = stats[:d1], stats[d1:]
+    peak = max(-min(lo_el), max(hi_el))
+    if not peak < _MAX_ELEVATED:  # also catches NaN/Inf (NaN propagates into aminmax)
         raise ValueError(
             f"features are too large or not finite (elevated magnitude {peak:.3g}, "
             f"want < {_MAX_ELEVATED:.3g}): divide them by their bandwidths"
         )
-    simplex = _Simplex(el)
+    # int32 arithmetic for the remainder-0 points when they are small (the usual case)
+    simplex = _Simplex(el, torch.int32 if peak < 2**23 else torch.int64)
     del el
-    image = torch.arange(n, device=dev, dtype=torch.int64).repeat_interleave(p)
 
-    lo = [math.floor(v / d1) - _KEY_MARGIN for v in stats[1 : 1 + d]]
-    hi = [math.ceil(v / d1) + _KEY_MARGIN for v in stats[1 + d :]]
+    lo = [math.floor(v / d1) - _KEY_MARGIN for v in lo_el[:d]]
+    hi = [math.ceil(v / d1) + _KEY_MARGIN for v in hi_el[:d]]
     layout = _KeyLayout(lo, [h - l + 1 for l, h in zip(lo, hi)], n, d)
     packed = options.keys != "full" and layout.capacity < 2**_MAX_PACKED_BITS
     if options.keys == "packed" and not packed:
@@ -654,33 +684,37 @@ def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLat
             "keys='packed' was asked for, but the lattice keys of these features do not "
             "fit 63 bits; use keys='auto'"
         )
-    e = n * p * d1
-    idx_dtype = _index_dtype(e)
+    idx_dtype = _index_dtype(n * p * d1)
     if packed:
         key_dtype = torch.int32 if layout.capacity < _INT32_LIMIT else torch.int64
+        image = torch.arange(n, device=dev, dtype=key_dtype).repeat_interleave(p)
         keys = _packed_keys(simplex, image, layout, key_dtype)
         del image
         bary = simplex.bary
         del simplex
-        unique_keys, starts, perm, vertex = _number_vertices(keys.view(-1))
+        unique_keys, starts, perm, vertex = _number_vertices(keys.view(-1), idx_dtype)
         del keys
         m = unique_keys.numel()
         neighbours = _packed_neighbours(unique_keys, layout)
+        vertex_image = unique_keys.div(layout.image_stride, rounding_mode="floor").to(torch.int64)
         del unique_keys
     else:
+        image = torch.arange(n, device=dev, dtype=torch.int64).repeat_interleave(p)
         ids, neighbours, m = _relabel(image, simplex.rem0(), simplex.rank(), n, d)
         bary = simplex.bary
         del simplex, image
-        _, starts, perm, vertex = _number_vertices(ids.view(-1))
+        _, starts, perm, vertex = _number_vertices(ids.view(-1), idx_dtype)
         del ids
+        vertex_image = None
     return TorchLattice(
         batch=n,
         num_pixels=p,
         dim=d,
-        vertex=vertex.to(idx_dtype).view(n * p, d1),
+        vertex=vertex.view(n * p, d1),
         weight=bary,
         neighbours=neighbours.to(idx_dtype).contiguous(),
         num_vertices=m,
         packed=packed,
         splat_order=(starts, perm),
+        vertex_image=vertex_image,
     )
