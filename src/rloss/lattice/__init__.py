@@ -326,8 +326,10 @@ class Lattice:
         ``grad`` is ``grad_scale · ∂value/∂x`` with ``W`` treated as symmetric,
         as :meth:`filter`'s backward does. The numba backend fuses the whole
         computation into its splat and slice kernels (no ``(N, K + 1, ...)``
-        intermediate is formed); the other backends compute it from
-        :meth:`filter`'s output. Not differentiable itself: the caller wires
+        intermediate is formed); the torch backend runs one filtering pass of
+        its own around it (value and volume from the lattice vertices, the
+        gradient written straight from the slice); the exact backend computes
+        it from :meth:`filter`'s output. Not differentiable itself: the caller wires
         ``grad`` into autograd (see :func:`rloss.losses.densecrf_loss`, the
         relaxed Potts energy with ``x`` = probabilities and ``r`` = roi).
 
