@@ -168,7 +168,7 @@ def test_gradient_wrt_probs_is_analytic_formula():
     ("backend", "impl", "method"),
     [("exact", "rloss.lattice._exact.ExactLattice", "apply"),
      ("numba", "rloss.lattice._numba.lattice.NumbaLattice", "apply|quadratic_form"),
-     ("torch", "rloss.lattice._torch.TorchLattice", "apply")],
+     ("torch", "rloss.lattice._torch.TorchLattice", "apply|quadratic_form")],
 )  # fmt: skip
 def test_one_lattice_build_and_one_filter_per_forward_backward(monkeypatch, backend, impl, method):
     """One build and one filtering pass (K + 1 channels) serve forward and backward."""

@@ -6,7 +6,7 @@ device: meta tensors have shapes but no values, and every host read
 raises on them. On top of that, the forbidden conversions are patched to fail
 with a clear message for any non-CPU tensor. Lattice *construction* on the
 torch backend syncs by design (twice, documented in ``rloss.lattice._torch``:
-validation/key ranges and the vertex count of ``torch.unique``), so these tests
+validation/key ranges and the vertex count after its one sort), so these tests
 substitute a prebuilt lattice for it. Where CUDA exists, the same loss runs
 under ``torch.cuda.set_sync_debug_mode("error")``.
 """
@@ -44,8 +44,8 @@ def _meta_lattice(n: int, p: int, d: int, m: int) -> _torch.TorchLattice:
         batch=n,
         num_pixels=p,
         dim=d,
-        vertex=torch.empty(d + 1, n * p, dtype=torch.int32, device=META),
-        weight=torch.empty(d + 1, n * p, dtype=torch.float32, device=META),
+        vertex=torch.empty(n * p, d + 1, dtype=torch.int32, device=META),
+        weight=torch.empty(n * p, d + 1, dtype=torch.float32, device=META),
         neighbours=torch.empty(d + 1, 2, m, dtype=torch.int32, device=META),
         num_vertices=m,
         packed=True,
@@ -70,6 +70,12 @@ def test_torch_lattice_apply_is_sync_free(forbid_host_reads):
     for transpose in (False, True):
         out = lat.apply(torch.empty(2, 4, 30, device=META), transpose=transpose)
         assert out.shape == (2, 4, 30) and out.device == META
+    for grad_scale in (None, 0.5):
+        value, volume, grad, _ = lat.quadratic_form(
+            torch.empty(2, 4, 30, device=META), torch.empty(2, 30, device=META), True, grad_scale
+        )
+        assert value.shape == volume.shape == (2,)
+        assert grad is None if grad_scale is None else grad.shape == (2, 4, 30)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])

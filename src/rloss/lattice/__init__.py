@@ -68,7 +68,8 @@ __all__ = [
 
 #: Backend name -> module implementing ``build(features (N, P, d), options) -> obj``
 #: with ``obj.apply(values (N, C, P)) -> (N, C, P)`` and optionally a fused
-#: ``obj.quadratic_form`` (see :meth:`Lattice.quadratic_form`); a module with
+#: ``obj.quadratic_form`` (see :meth:`Lattice.quadratic_form`; it returns value
+#: statistics or ``None`` for the front end to gather them); a module with
 #: ``CHECKS_FINITE = True`` rejects NaN/Inf features itself with the same ``ValueError``.
 BACKENDS: dict[str, str] = {
     "torch": "rloss.lattice._torch",
@@ -441,8 +442,10 @@ class Lattice:
         ``grad`` is ``grad_scale · ∂value/∂x`` with ``W`` treated as symmetric,
         as :meth:`filter`'s backward does. The numba backend fuses the whole
         computation into its splat and slice kernels (no ``(N, K + 1, ...)``
-        intermediate is formed); the other backends compute it from
-        :meth:`filter`'s output. Not differentiable itself: the caller wires
+        intermediate is formed); the torch backend runs one filtering pass of
+        its own around it (value and volume from the lattice vertices, the
+        gradient written straight from the slice); the exact backend computes
+        it from :meth:`filter`'s output. Not differentiable itself: the caller wires
         ``grad`` into autograd (see :func:`rloss.losses.densecrf_loss`, the
         relaxed Potts energy with ``x`` = probabilities and ``r`` = roi).
 
@@ -491,7 +494,10 @@ class Lattice:
                 grad_scale,
             )
             grad = None if grad is None else grad.reshape(x.shape)
-            return QuadraticForm(value, volume, grad, ValueStats(*raw) if stats else None)
+            found = None
+            if stats:  # a backend that gathers no statistics in its pass returns None
+                found = _value_stats(x, r) if raw is None else ValueStats(*raw)
+            return QuadraticForm(value, volume, grad, found)
         found = _value_stats(x, r) if stats else None  # before the in-place work below
         value, volume, grad = self._quadratic_by_filter(x, r, bool(normalize), grad_scale)
         return QuadraticForm(value, volume, grad, found)
@@ -549,19 +555,26 @@ class Lattice:
 
 
 def _value_stats(x: Tensor, r: Tensor) -> ValueStats:
-    """:class:`ValueStats` with torch reductions (backends without a fused splat)."""
+    """:class:`ValueStats` with torch reductions (backends without a fused splat).
+
+    Two passes over ``x`` and one read-back: per-pixel ``aminmax`` and sum
+    over the channels (NaN propagates into both extremes, an infinity shows
+    in one, so ``finite`` needs no pass of its own), then small reductions
+    over the ``(N, *spatial)`` pixels.
+    """
     xd = x.detach()
     inside = r.detach() > 0
-    finite = bool(torch.isfinite(xd).all())
-    picked = xd.movedim(1, -1)[inside]
-    if picked.numel():
-        lo, hi = torch.aminmax(picked)
-        lo_f, hi_f = float(lo), float(hi)
-    else:
-        lo_f, hi_f = float("inf"), float("-inf")
-    err = (xd.sum(1) - 1.0).abs() * inside
-    worst = float(err.max()) if err.numel() else 0.0
-    return ValueStats(lo_f, hi_f, worst, finite)
+    lo, hi = torch.aminmax(xd, dim=1)
+    err = (xd.sum(1) - 1.0).abs_()
+    finite = torch.isfinite(lo).all() & torch.isfinite(hi).all()
+    inf = torch.tensor(float("inf"), dtype=lo.dtype, device=lo.device)
+    lo_in = torch.where(inside, lo, inf).amin()
+    hi_in = torch.where(inside, hi, -inf).amax()
+    worst = torch.where(inside, err, 0.0).amax()
+    lo_f, hi_f, worst_f, finite_f = torch.stack(
+        [lo_in, hi_in, worst, finite.to(lo.dtype)]
+    ).tolist()
+    return ValueStats(lo_f, hi_f, worst_f, bool(finite_f))
 
 
 def gaussian_filter(features: Tensor, values: Tensor, backend: str | None = None) -> Tensor:

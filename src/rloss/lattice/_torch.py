@@ -1,35 +1,48 @@
-"""Portable permutohedral-lattice backend in pure PyTorch (CPU, CUDA, MPS).
+"""Portable permutohedral-lattice backend in pure PyTorch (CPU, CUDA, other devices).
 
-Construction (:func:`build`) is vectorised over every pixel of the batch:
+The lattice is built from the features alone (nothing here scales with the
+number of channels ``C`` filtered later), once per batch, with tensor ops
+only (no loop over pixels, vertices or images):
 
 1. *Elevate* each feature vector ``f`` (dimension ``d``) onto the hyperplane
    ``sum(x) = 0`` of ``R^(d+1)`` with the rloss reference's scaled elevation
    matrix (``scale_i = (d+1) sqrt(2/3) / sqrt((i+1)(i+2))``).
-2. *Round* to the nearest remainder-0 lattice point, *rank* the differential
-   coordinates and compute the ``d+1`` barycentric weights of the enclosing
-   simplex.
-3. Each of the ``d+1`` simplex vertices gets a key: the image index plus its
-   first ``d`` integer coordinates (the last is implied, coordinates sum to 0).
-   Keys are packed into one int64 when the per-coordinate ranges (padded by a
-   margin that also covers every blur neighbour) times the batch size fit in
-   63 bits; otherwise an exact, slower path relabels one coordinate at a time.
-   Keys never collide silently.
-4. Unique keys (sort + ``return_inverse``) number the vertices ``0..M-1``.
-   The two blur neighbours of every vertex along each of the ``d+1`` lattice
-   directions are looked up once with ``searchsorted``; a missing neighbour
-   points at row ``M``, which always holds zeros.
+2. *Round* to the nearest remainder-0 lattice point ``(d+1) m``, *rank* the
+   differential coordinates (one stable sort of the ``d+1`` coordinates of
+   each point) and compute the ``d+1`` barycentric weights of the enclosing
+   simplex, all in the rank-sorted order (gathers, no scatter).
+3. Every coordinate of the remainder-``r`` vertex is ``r + (d+1) q_i``, so a
+   vertex key is ``(image, q_0..q_{d-1}, r)`` packed into one integer: int32
+   when the ranges allow (a cheaper sort), else int64. The ranges come from
+   the elevated extent with a margin that also covers every blur neighbour,
+   so keys never collide silently. When even int64 is too small an exact,
+   slower path relabels one coordinate at a time.
+4. **One** stable sort of the ``Q (d+1)`` keys (``Q`` = pixels of the whole
+   batch) numbers the ``M`` vertices in key order and, through its
+   permutation, gives the splat matrix ``S`` (``M x Q``) row by row: a
+   vertex's entries are a run of equal keys. The slice matrix ``alpha S^T``
+   has ``d+1`` entries per row for free. The ``2 (d+1)`` blur neighbours of
+   every vertex are found once by one ``searchsorted`` of shifted keys (the
+   shift depends only on whether the vertex's remainder wraps); a missing
+   neighbour points at row ``M``, which always holds zeros.
 
 Filtering (:meth:`TorchLattice.apply`) works on values laid out as
-``(vertices, C)`` so all channels go through in one pass: splat with
-``index_add_``, ``d+1`` blur passes ``v + 0.5 (v[n1] + v[n2])`` by gathering,
-slice by gathering with the barycentric weights and ``alpha = 1/(1+2^-d)``.
-``apply`` never synchronises with the host. :func:`build` does, twice, and
-only there: once to read back the elevated magnitude (validation) and the
-coordinate ranges that choose the packed key layout, and once inside
-``torch.unique``, whose output size (the vertex count) sizes every lattice
-tensor. Both are inherent to building a sparse lattice on the device (the
-fallback relabelling path, taken only when packed keys would overflow, adds
-one ``unique`` per feature dimension).
+``(pixels, C)``: splat ``S V`` and slice ``alpha S^T G`` are weighted sums of
+rows, ``F.embedding_bag(mode="sum", per_sample_weights=...)`` (one kernel each,
+no atomics, no scatter), and the ``d+1`` blur passes ``v + 0.5 (v[n1] +
+v[n2])`` are gathers on the precomputed neighbour indices.
+:meth:`TorchLattice.quadratic_form` fuses the DenseCRF/NCut quadratic form
+around one such pass: it writes its input pixel-major straight from ``x`` and
+``r``, takes the value and the volume from the ``M`` splatted and blurred
+vertices (``s^T W y = alpha (S s)^T B (S y)``) instead of the pixels, and
+writes the gradient channel-major straight from the slice.
+
+Host synchronisation: ``apply`` and ``quadratic_form`` never synchronise.
+:func:`build` does twice, and only there: once to read back the elevated
+extent (validation and the key layout, one transfer) and once for the number
+of vertices ``M``, which sizes every lattice tensor (the fallback
+relabelling path, taken only when packed keys would overflow int64, adds one
+``unique`` per feature dimension).
 
 The result reproduces the rloss reference lattice (tolerance A of
 ``../shared/reference/README.md``); it is *not* normalised and returns about
@@ -41,16 +54,20 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions, elevation_scales
 
 __all__ = ["TorchLattice", "build"]
 
-#: Packed int64 keys are used when ``N * prod(coordinate ranges) < 2**_MAX_PACKED_BITS``;
+#: Packed int64 keys are used when ``N (d+1) prod(q ranges) < 2**_MAX_PACKED_BITS``;
 #: otherwise the exact per-coordinate relabelling path is taken
 #: (``BuildOptions(keys="full")`` takes it always).
 _MAX_PACKED_BITS = 63
+
+#: Keys (and vertex/pixel indices) are int32 below this capacity.
+_INT32_LIMIT = 2**31 - 1
 
 #: Most query elements per batched neighbour look-up at construction.
 _LOOKUP_BATCH = 1 << 22
@@ -59,6 +76,12 @@ _LOOKUP_BATCH = 1 << 22
 #: features have lost all sub-lattice precision and int64 arithmetic on the
 #: coordinates could overflow.
 _MAX_ELEVATED = float(2**40)
+
+#: Margin, in units of ``d+1``, around the elevated extent that bounds every
+#: vertex coordinate ``q_i`` and its blur neighbours: the remainder-0 point is
+#: within 2 of ``el/(d+1)`` after the rank wrap, a vertex 1 further, a
+#: neighbour 1 more.
+_KEY_MARGIN = 5
 
 
 def _scale_factors(d: int, device: torch.device) -> Tensor:
@@ -84,58 +107,152 @@ def _elevate(f: Tensor) -> Tensor:
     return el
 
 
-def _simplex(el: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Enclosing simplex of each elevated point.
+class _Simplex:
+    """Enclosing simplex of each elevated point, in descending final-rank order.
 
-    Args:
-        el: ``(Q, d+1)`` float32 elevated points.
-
-    Returns:
-        ``rem0`` ``(Q, d+1)`` int64 remainder-0 point, ``rank`` ``(Q, d+1)``
-        int64 (a permutation of ``0..d`` per row) and ``bary`` ``(Q, d+1)``
-        float32 barycentric weights (they sum to 1).
+    Attributes (``Q`` points, ``d+1`` coordinates):
+        coord: ``(Q, d+1)`` int64, ``coord[:, t]`` is the coordinate of final
+            rank ``d - t`` (ranks: position in a stable descending sort of the
+            differentials, ties to the lower coordinate as in the reference's
+            pairwise loop, then shifted by ``sum(rem0) / (d+1)`` and wrapped).
+        m: ``(Q, d+1)`` int32/int64 (``int_dtype``), remainder-0 point
+            ``/ (d+1)`` of coordinate ``coord[:, t]`` after the wrap.
+        bary: ``(Q, d+1)`` float32 barycentric weight of the remainder-``r``
+            vertex in column ``r`` (rows sum to 1).
     """
-    q, d1 = el.shape
+
+    def __init__(self, el: Tensor, int_dtype: torch.dtype = torch.int64) -> None:
+        """``el``: ``(Q, d+1)`` float32 elevated points; ``int_dtype``: int32 only
+        when every ``|el| < 2**23``, else int64."""
+        q, d1 = el.shape
+        d = d1 - 1
+        dev = el.device
+        down_factor = torch.tensor(1.0 / d1, dtype=torch.float32, device=dev)
+        # nearest remainder-0 point (d+1) m: the reference's up/down comparison
+        down = el * down_factor
+        up = torch.ceil(down)
+        down.floor_()
+        closer_up = torch.mul(up, d1).sub_(el)
+        closer_up = closer_up < torch.mul(down, d1).neg_().add_(el)
+        m = torch.where(closer_up, up, down, out=up)  # float32, integer valued
+        del down, closer_up
+        diff = torch.mul(m, d1).neg_().add_(el)  # el - (d+1) m
+        # sum(rem0) / (d+1): a float32 matrix-vector product is exact while every
+        # partial sum is an integer below 2^24 (int32 mode: |el| < 2^23)
+        if int_dtype == torch.int32:
+            total = (m @ torch.ones(d1, dtype=torch.float32, device=dev)).to(torch.int64)
+            total = total.unsqueeze(1)
+            m_int = m.to(int_dtype)
+        else:
+            m_int = m.to(int_dtype)
+            total = m_int.sum(dim=1, keepdim=True)
+        del m
+
+        order = torch.sort(diff, dim=1, descending=True, stable=True).indices
+        del diff
+        rank = torch.arange(d, -1, -1, device=dev)  # final rank d - t of column t
+        # final rank of sorted position k is (k + total) mod (d+1); invert the roll
+        pos = (rank - total).remainder_(d1)  # sorted position of each final rank
+        self.coord = order.gather(1, pos)
+        del order
+        # wrap: (k + total - rank) / (d+1) in {-1, 0, 1}, k = pos
+        wrap = pos.sub_(rank).add_(total).div_(d1, rounding_mode="floor").to(int_dtype)
+        self.m = m_int.gather(1, self.coord).sub_(wrap)
+        del wrap, m_int
+        vs = (self.m * d1).to(torch.float32)
+        torch.sub(el.gather(1, self.coord), vs, out=vs).mul_(down_factor)  # v of rank d - t
+        # reference: b[d - rank_i] += v_i, b[d + 1 - rank_i] -= v_i, b[0] += 1 + b[d + 1],
+        # i.e. b[t] = v(rank d - t) - v(rank d + 1 - t) and b[0] = v(rank d) + (1 - v(rank 0))
+        bary = torch.empty(q, d1, dtype=torch.float32, device=dev)
+        torch.sub(vs[:, 1:], vs[:, :-1], out=bary[:, 1:])
+        torch.add(vs[:, 0], 1.0 - vs[:, d], out=bary[:, 0])
+        self.bary = bary
+
+    def rank(self) -> Tensor:
+        """``(Q, d+1)`` int64 final rank of each coordinate (a permutation of ``0..d``)."""
+        d1 = self.coord.shape[1]
+        ranks = torch.arange(d1 - 1, -1, -1, device=self.coord.device).expand_as(self.coord)
+        return torch.empty_like(self.coord).scatter_(1, self.coord, ranks)
+
+    def rem0(self) -> Tensor:
+        """``(Q, d+1)`` int64 remainder-0 point (after the rank wrap), coordinate order."""
+        d1 = self.coord.shape[1]
+        return torch.empty_like(self.coord).scatter_(1, self.coord, self.m.to(torch.int64) * d1)
+
+
+def _simplex(el: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Enclosing simplex in coordinate order (tests compare it with other backends).
+
+    Returns ``rem0`` ``(Q, d+1)`` int64 remainder-0 point, ``rank`` ``(Q, d+1)``
+    int64 (a permutation of ``0..d`` per row) and ``bary`` ``(Q, d+1)`` float32.
+    """
+    s = _Simplex(el)
+    return s.rem0(), s.rank(), s.bary
+
+
+class _KeyLayout:
+    """Packing of ``(image, q_0..q_{d-1}, r)`` into one integer key.
+
+    ``key = r + (d+1) (sum_i (q_i - lo_i) stride_i + image stride_img)``;
+    ``stride`` below is in key units (already times ``d+1``).
+    """
+
+    def __init__(self, lo: list[int], ranges: list[int], batch: int, d: int) -> None:
+        d1 = d + 1
+        self.d = d
+        self.lo = lo
+        strides = [0] * d
+        acc = d1
+        for i in range(d - 1, -1, -1):
+            strides[i] = acc
+            acc *= ranges[i]
+        self.strides = strides
+        self.image_stride = acc
+        self.capacity = acc * batch
+
+    def neighbour_shifts(self) -> list[tuple[int, int, int]]:
+        """``(wrap_remainder, shift, wrapped_shift)`` per blur neighbour, in
+        :func:`_neighbour_deltas` order: the key moves by ``shift`` unless the
+        vertex's remainder is ``wrap_remainder``, then by ``wrapped_shift``."""
+        d, st = self.d, self.strides
+        out = []
+        for j in range(d + 1):
+            sj = st[j] if j < d else 0
+            others = sum(st) - sj
+            # n1 (-1 everywhere, +d at j): r -> r - 1 and q_j + 1;
+            # from r = 0: r -> d and q_i - 1 (i != j)
+            out.append((0, -1 + sj, d - others))
+            # n2, the opposite: r -> r + 1 and q_j - 1; from r = d: r -> 0, q_i + 1 (i != j)
+            out.append((d, 1 - sj, -d + others))
+        return out
+
+
+def _packed_keys(
+    simplex: _Simplex, image: Tensor, layout: _KeyLayout, dtype: torch.dtype
+) -> Tensor:
+    """``(Q, d+1)`` keys (``dtype``) of the ``d+1`` vertices of each point's simplex.
+
+    ``q_i`` of the remainder-``r`` vertex is ``m_i`` lowered by one for the
+    ``r`` coordinates of highest final rank (``coord[:, :r]``): ``key_r = key_0
+    + r -`` the cumulative sum of their strides.
+    """
+    coord = simplex.coord
+    d1 = coord.shape[1]
     d = d1 - 1
-    down_factor = torch.tensor(1.0 / d1, dtype=torch.float32, device=el.device)
-    v = el * down_factor
-    up = torch.ceil(v) * d1
-    down = torch.floor(v) * d1
-    rem0f = torch.where(up - el < el - down, up, down)
-    rem0 = rem0f.to(torch.int64)
-    total = rem0.sum(dim=1, keepdim=True).div(d1, rounding_mode="floor")
-
-    # rank[i] = #{j > i: d_i < d_j} + #{j < i: d_j >= d_i}: the reference's pairwise loop
-    # (ties go to the later coordinate), as elementwise ops that run on any device
-    diff = el - rem0f
-    cols = [diff[:, i] for i in range(d1)]
-    ranks = [torch.zeros(q, dtype=torch.int64, device=el.device) for _ in range(d1)]
-    for i in range(d1):
-        for j in range(i + 1, d1):
-            smaller = cols[i] < cols[j]
-            ranks[i] += smaller
-            ranks[j] += ~smaller
-    rank = torch.stack(ranks, dim=1)
-    del cols, ranks
-
-    rank = rank + total
-    low = rank < 0
-    high = rank > d
-    rank = torch.where(low, rank + d1, torch.where(high, rank - d1, rank))
-    rem0 = torch.where(low, rem0 + d1, torch.where(high, rem0 - d1, rem0))
-
-    vb = (el - rem0.to(torch.float32)) * down_factor
-    bary = torch.zeros(q, d1 + 1, dtype=torch.float32, device=el.device)
-    bary.scatter_add_(1, d - rank, vb)
-    bary.scatter_add_(1, d - rank + 1, -vb)
-    bary[:, 0] += 1.0 + bary[:, d1]
-    return rem0, rank, bary[:, :d1].contiguous()
-
-
-def _vertex_offsets(rank: Tensor, r: int) -> Tensor:
-    """Offsets ``canonical[r][rank[i]]`` of the remainder-``r`` vertex, ``(Q, d)`` int64."""
-    d = rank.shape[1] - 1
-    return r - (d + 1) * (rank[:, :d] > d - r).to(torch.int64)
+    dev = coord.device
+    stride = torch.tensor([*layout.strides, 0], dtype=dtype, device=dev)
+    lo = torch.tensor([*layout.lo, 0], dtype=simplex.m.dtype, device=dev)
+    stride_f = stride.take(coord)  # stride of coordinate coord[:, t]
+    q0 = lo.take(coord).neg_().add_(simplex.m).to(dtype)  # q - lo of the remainder-0 vertex
+    base = q0.mul_(stride_f).sum(dim=1, dtype=dtype)
+    del q0
+    base += image.to(dtype) * layout.image_stride
+    keys = torch.empty(coord.shape[0], d1, dtype=dtype, device=dev)
+    keys[:, 0] = base
+    torch.cumsum(stride_f[:, :d], dim=1, out=keys[:, 1:])
+    del stride_f
+    keys[:, 1:].neg_().add_(base.unsqueeze(1)).add_(torch.arange(1, d1, dtype=dtype, device=dev))
+    return keys
 
 
 def _neighbour_deltas(d: int) -> list[list[int]]:
@@ -168,8 +285,119 @@ def _lookup(sorted_keys: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
     return pos_c, found
 
 
-def _index_dtype(m: int) -> torch.dtype:
-    return torch.int32 if m + 1 < 2**31 else torch.int64
+def _index_dtype(n: int) -> torch.dtype:
+    return torch.int32 if n < _INT32_LIMIT else torch.int64
+
+
+def _number_vertices(keys: Tensor, idx_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One stable sort of the entry keys: vertex ids and the splat matrix's rows.
+
+    Args:
+        keys: ``(E,)`` integer keys, one per (pixel, remainder) entry.
+        idx_dtype: dtype of the vertex ids (int32 when ``E < 2**31``).
+
+    Returns:
+        ``(unique_keys (M,), starts (M,) int64, perm (E,) int64, vertex (E,))``:
+        the sorted unique keys, the first sorted position of each vertex,
+        the sort permutation and each entry's vertex id (key order).
+    """
+    e = keys.numel()
+    sorted_keys, perm = torch.sort(keys, stable=True)
+    change = torch.empty(e, dtype=torch.bool, device=keys.device)
+    change[0] = True
+    torch.ne(sorted_keys[1:], sorted_keys[:-1], out=change[1:])
+    # Host sync 2 of 2: the number of vertices M sizes every later tensor
+    starts = change.nonzero().squeeze(1)
+    unique_keys = sorted_keys[starts]
+    del sorted_keys
+    vid = change.cumsum(0, dtype=idx_dtype).sub_(1)
+    del change
+    vertex = torch.empty_like(vid).scatter_(0, perm, vid)
+    return unique_keys, starts, perm, vertex
+
+
+def _packed_neighbours(unique_keys: Tensor, layout: _KeyLayout) -> Tensor:
+    """``(d+1, 2, M)`` int64 ids of each vertex's blur neighbours (``M`` = missing).
+
+    All ``2 (d+1)`` neighbour keys of a group of vertices are formed by one
+    broadcast ``where`` (the shift depends only on whether the vertex's
+    remainder wraps) and looked up by one ``searchsorted``.
+    """
+    m = unique_keys.numel()
+    d = layout.d
+    dev = unique_keys.device
+    shifts = torch.tensor(layout.neighbour_shifts(), dtype=torch.int64, device=dev)
+    rem = unique_keys.remainder(d + 1)
+    # (2, M): does neighbour n1 (wraps at r = 0) / n2 (wraps at r = d) wrap?
+    wraps = torch.stack([rem == 0, rem == d]).repeat(d + 1, 1)  # (2(d+1), M)
+    neighbours = torch.empty(2 * (d + 1), m, dtype=torch.int64, device=dev)
+    for group in _groups(2 * (d + 1), m):
+        sel = slice(group.start, group.stop)
+        step = torch.where(wraps[sel], shifts[sel, 2:3], shifts[sel, 1:2])
+        query = (unique_keys.to(torch.int64) + step).to(unique_keys.dtype).view(-1)
+        pos, found = _lookup(unique_keys, query)
+        neighbours[sel] = torch.where(found, pos, m).view(len(group), m)
+    return neighbours.view(d + 1, 2, m)
+
+
+def _relabel(
+    image: Tensor, rem0: Tensor, rank: Tensor, batch: int, d: int
+) -> tuple[Tensor, Tensor, int]:
+    """Exact path: relabel one coordinate at a time, never packing beyond the vertex count.
+
+    At level ``i`` the prefix ``(image, k_0..k_{i-1})`` has a dense id below
+    ``M_i`` and coordinate ``k_i`` a dense rank below ``R_i``; both are at most
+    the number of vertex instances ``Q (d+1)``, so ``id * R_i + rank`` fits in
+    int64 whenever ``(Q (d+1))^2 < 2^63``.
+
+    Returns ``(ids (Q, d+1) int64, neighbours (d+1, 2, M) int64, M)``: dense
+    vertex ids (lexicographic in ``(image, coordinates)``) per entry.
+    """
+    dev = rem0.device
+    q = rem0.shape[0]
+    total = q * (d + 1)
+    if total * total >= 2**63:
+        raise ValueError(f"too many lattice vertex instances ({total}) for int64 relabelling")
+    # (Q, d+1, d) coordinates of each entry's vertex, pixel-major like the packed path
+    offsets = (d + 1) * (
+        rank[:, :d].unsqueeze(1) > d - torch.arange(d + 1, device=dev).view(1, d + 1, 1)
+    ).to(torch.int64)
+    coords = (
+        rem0[:, :d].unsqueeze(1) + torch.arange(d + 1, device=dev).view(1, d + 1, 1) - offsets
+    ).reshape(total, d)
+    del offsets
+    img = image.repeat_interleave(d + 1)
+    ids = img
+    levels = []
+    for i in range(d):
+        col_vals, col_rank = torch.unique(coords[:, i], sorted=True, return_inverse=True)
+        code = ids * col_vals.numel() + col_rank
+        prefix, ids = torch.unique(code, sorted=True, return_inverse=True)
+        levels.append((col_vals, prefix))
+    m = levels[-1][1].numel() if levels else batch
+    # one representative instance per vertex gives its coordinates and image
+    rep = torch.empty(m, dtype=torch.int64, device=dev)
+    rep.scatter_(0, ids, torch.arange(total, device=dev))
+    vcoords = coords[rep].t().contiguous()  # (d, M): each coordinate contiguous
+    vimage = img[rep]
+    del coords
+    deltas = torch.tensor(_neighbour_deltas(d), dtype=torch.int64, device=dev)  # (2(d+1), d)
+    neighbours = torch.empty(deltas.shape[0], m, dtype=torch.int64, device=dev)
+    for group in _groups(deltas.shape[0], m):
+        g = len(group)
+        # (d, g*M): coordinates of the group's neighbours, one row per coordinate
+        query = (vcoords.unsqueeze(1) + deltas[group.start : group.stop].t().unsqueeze(2)).reshape(
+            d, g * m
+        )
+        nid = vimage.repeat(g)
+        ok = torch.ones(g * m, dtype=torch.bool, device=dev)
+        for i, (col_vals, prefix) in enumerate(levels):
+            pos, found = _lookup(col_vals, query[i])
+            ok &= found
+            nid, found = _lookup(prefix, nid * col_vals.numel() + pos)
+            ok &= found
+        neighbours[group.start : group.stop] = torch.where(ok, nid, m).view(g, m)
+    return ids.view(q, d + 1), neighbours.view(d + 1, 2, m), m
 
 
 class TorchLattice:
@@ -180,7 +408,7 @@ class TorchLattice:
         num_pixels: pixels per image ``P``.
         dim: feature dimension ``d``.
         num_vertices: number of lattice vertices ``M`` over the whole batch.
-        packed: whether the vertex keys were packed into one int64 (``False``
+        packed: whether the vertex keys were packed into one integer (``False``
             when the exact relabelling path was taken).
     """
 
@@ -194,17 +422,32 @@ class TorchLattice:
         neighbours: Tensor,
         num_vertices: int,
         packed: bool,
+        splat_order: tuple[Tensor, Tensor] | None = None,
+        vertex_image: Tensor | None = None,
     ) -> None:
+        """Args (``Q = batch * num_pixels`` points, ``d1 = dim + 1``):
+        vertex: ``(Q, d1)`` int32/int64 vertex id of each point's remainder-``r`` vertex.
+        weight: ``(Q, d1)`` float32 barycentric weights.
+        neighbours: ``(d1, 2, M)`` int32/int64 blur neighbours (``M`` = missing).
+        splat_order: ``(starts (M,), perm (Q d1,))`` from the build's sort (the
+            splat matrix row by row); found again by a sort when ``None``.
+        vertex_image: ``(M,)`` int64 image of each vertex; computed when ``None``.
+        """
         self.batch = batch
         self.num_pixels = num_pixels
         self.dim = dim
-        self._vertex = vertex  # (d+1, N*P) int32/int64 vertex index per remainder
-        self._weight = weight  # (d+1, N*P) float32 barycentric weight per remainder
-        self._neighbours = neighbours  # (d+1, 2, M) int32/int64, M = missing (zero row)
+        self._vertex = vertex
+        self._weight = weight
+        self._neighbours = neighbours
         self.num_vertices = num_vertices
         self.packed = packed
         self.alpha = 1.0 / (1.0 + 2.0 ** (-dim))
-        self._weight64: Tensor | None = None
+        self._splat_order = splat_order
+        self._bags: tuple[Tensor, Tensor, Tensor] | None = None
+        self._cache: dict[tuple[str, torch.dtype], Tensor] = {}
+        self._image_of_vertex = vertex_image
+        if splat_order is not None:
+            self._splat_bags()  # now, so that the sort permutation can go
 
     def __repr__(self) -> str:
         return (
@@ -216,12 +459,75 @@ class TorchLattice:
     def device(self) -> torch.device:
         return self._vertex.device
 
-    def _weights(self, dtype: torch.dtype) -> Tensor:
-        if dtype == torch.float32:
-            return self._weight
-        if self._weight64 is None:
-            self._weight64 = self._weight.to(torch.float64)
-        return self._weight64
+    # ------------------------------------------------------------------ operators
+
+    def _splat_bags(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The splat matrix ``S`` ``(M+1, Q)`` row by row: ``(pixel (E,), offsets (M+2,),
+        weight (E,) float32)``, each vertex's entries contiguous (the last row is empty)."""
+        if self._bags is None:
+            q, d1 = self._vertex.shape
+            e = q * d1
+            m = self.num_vertices
+            flat_vertex = self._vertex.reshape(-1)
+            if self._splat_order is None:
+                ordered, perm = torch.sort(flat_vertex, stable=True)
+                first = torch.arange(m, dtype=ordered.dtype, device=self.device)
+                starts = torch.searchsorted(ordered, first)
+            else:
+                starts, perm = self._splat_order
+            idx = self._vertex.dtype
+            offsets = torch.empty(m + 2, dtype=idx, device=self.device)
+            offsets[:m] = starts
+            offsets[m:] = e
+            pixel = perm.to(idx).div_(d1, rounding_mode="floor")
+            self._bags = (pixel, offsets, self._weight.reshape(-1)[perm])
+            self._splat_order = None
+        return self._bags
+
+    def _weights(self, which: str, dtype: torch.dtype) -> Tensor:
+        """Splat weights (``"splat"``, ``(E,)``) or ``alpha`` x slice weights (``"slice"``,
+        ``(Q, d+1)``) in ``dtype``, converted once."""
+        key = (which, dtype)
+        if key not in self._cache:
+            if which == "splat":
+                w = self._splat_bags()[2].to(dtype)
+            else:
+                w = self._weight.to(dtype) * self.alpha
+            self._cache[key] = w
+        return self._cache[key]
+
+    def _splat(self, flat: Tensor) -> Tensor:
+        """``(Q, C)`` -> ``(M+1, C)`` lattice values ``S V`` (row ``M`` zero)."""
+        pixel, offsets, _ = self._splat_bags()
+        return F.embedding_bag(
+            pixel, flat, offsets, mode="sum", include_last_offset=True,
+            per_sample_weights=self._weights("splat", flat.dtype),
+        )  # fmt: skip
+
+    def _slice(self, grid: Tensor) -> Tensor:
+        """``(M+1, C)`` -> ``(Q, C)``: ``alpha`` times the barycentric interpolation."""
+        return F.embedding_bag(
+            self._vertex, grid, mode="sum", per_sample_weights=self._weights("slice", grid.dtype)
+        )
+
+    def _blur(self, grid: Tensor, transpose: bool) -> Tensor:
+        """``d+1`` passes ``v + 0.5 (v[n1] + v[n2])`` into new buffers (``grid`` is
+        kept); row ``M`` stays zero."""
+        m = self.num_vertices
+        out, spare = torch.empty_like(grid), torch.empty_like(grid)
+        out[m:] = 0
+        spare[m:] = 0
+        for j in reversed(range(self.dim + 1)) if transpose else range(self.dim + 1):
+            n1 = grid.index_select(0, self._neighbours[j, 0])
+            n1.add_(grid.index_select(0, self._neighbours[j, 1]))
+            torch.add(grid[:m], n1, alpha=0.5, out=out[:m])
+            grid = out
+            out, spare = spare, out
+        return grid
+
+    def _filter_rows(self, flat: Tensor, transpose: bool = False) -> Tensor:
+        """``(Q, C)`` pixel-major values -> ``(Q, C)`` filtered."""
+        return self._slice(self._blur(self._splat(flat), transpose))
 
     def apply(self, values: Tensor, *, transpose: bool = False) -> Tensor:
         """Filter ``values`` over the lattice.
@@ -244,133 +550,84 @@ class TorchLattice:
             float32 otherwise.
         """
         n, c, p = values.shape
-        if n != self.batch or p != self.num_pixels:
-            raise ValueError(
-                f"values have shape {tuple(values.shape)} but the lattice was built for "
-                f"(N, C, P) = ({self.batch}, C, {self.num_pixels})"
-            )
+        self._check_shape(n, p, values.shape)
         dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
-        weight = self._weights(dtype)
-        d1 = self.dim + 1
-        m = self.num_vertices
         # (N*P, C): each pixel's C channels contiguous
         flat = values.to(dtype).permute(0, 2, 1).reshape(n * p, c)
-
-        # splat
-        grid = torch.zeros(m + 1, c, dtype=dtype, device=values.device)
-        for r in range(d1):
-            grid.index_add_(0, self._vertex[r], flat * weight[r].unsqueeze(1))
-
-        # blur: d+1 passes, each reading the previous pass's output; row m stays 0
-        other = torch.zeros_like(grid)
-        for j in reversed(range(d1)) if transpose else range(d1):
-            n1 = grid.index_select(0, self._neighbours[j, 0])
-            n1.add_(grid.index_select(0, self._neighbours[j, 1]))
-            torch.add(grid[:m], n1, alpha=0.5, out=other[:m])
-            grid, other = other, grid
-
-        # slice
-        out = torch.zeros(n * p, c, dtype=dtype, device=values.device)
-        for r in range(d1):
-            out.addcmul_(grid.index_select(0, self._vertex[r]), weight[r].unsqueeze(1))
-        out.mul_(self.alpha)
+        out = self._filter_rows(flat, transpose)
         return out.view(n, p, c).permute(0, 2, 1).contiguous()
 
+    def quadratic_form(
+        self, x: Tensor, r: Tensor, normalize: bool, grad_scale: float | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, None]:
+        """Fused quadratic form: see :meth:`rloss.lattice.Lattice.quadratic_form`.
 
-def _build_packed(
-    image: Tensor, rem0: Tensor, rank: Tensor, lo: list[int], ranges: list[int], d: int
-) -> tuple[Tensor, Tensor, int]:
-    """Vertices and blur neighbours with packed int64 keys.
+        One filtering pass over ``[s, r]`` (``s = x ⊙ r``), written straight
+        into the pixel-major layout the lattice filters and read back from it
+        into the gradient, in ``x``'s dtype (float32 or float64).
 
-    Returns ``vertex`` ``(d+1, Q)`` int64 vertex ids, ``neighbours``
-    ``(d+1, 2, M)`` int64 ids (``M`` = missing) and ``M``.
-    """
-    dev = rem0.device
-    strides = [1] * d
-    for i in range(d - 2, -1, -1):
-        strides[i] = strides[i + 1] * ranges[i + 1]
-    image_stride = strides[0] * ranges[0]
-    stride_t = torch.tensor(strides, dtype=torch.int64, device=dev)
-    lo_t = torch.tensor(lo, dtype=torch.int64, device=dev)
-    base = image * image_stride + ((rem0[:, :d] - lo_t) * stride_t).sum(dim=1)
-    # key_r = base + sum_i (r - (d+1) [rank_i > d - r]) stride_i
-    #       = base + r sum(stride) - (d+1) above[d + 1 - r],  above[k] = sum_{rank_i >= k} stride_i
-    q = rem0.shape[0]
-    by_rank = torch.zeros(q, d + 2, dtype=torch.int64, device=dev)
-    by_rank[:, : d + 1].scatter_(1, rank[:, :d], stride_t.expand(q, d))
-    above = by_rank.flip(1).cumsum(1).flip(1)  # (Q, d+2)
-    r = torch.arange(d + 1, device=dev)
-    keys = (
-        base.unsqueeze(0)
-        + (r * sum(strides)).unsqueeze(1)
-        - (d + 1) * above.index_select(1, d + 1 - r).t()
-    )  # (d+1, Q)
-    del base
-    # Host sync 2 of 2: the number of vertices M sizes every later tensor
-    uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-    del keys
-    m = uniq.numel()
-    deltas = _neighbour_deltas(d)
-    shifts = [sum(a * s for a, s in zip(delta, strides)) for delta in deltas]
-    neighbours = torch.empty(len(deltas), m, dtype=torch.int64, device=dev)
-    for group in _groups(len(deltas), m):
-        query = torch.cat([uniq + shifts[k] for k in group])
-        pos, found = _lookup(uniq, query)
-        neighbours[group.start : group.stop] = torch.where(found, pos, m).view(len(group), m)
-    return inverse, neighbours.view(d + 1, 2, m), m
+        Args:
+            x: ``(N, K, P)`` float32/float64 values on the lattice's device.
+            r: ``(N, P)`` weights of the same dtype.
+            normalize: divide by ``rᵀ W r`` per image.
+            grad_scale: factor of the gradient, or ``None`` for no gradient.
 
+        Returns:
+            ``(value (N,), volume (N,), grad (N, K, P) or None, None)``; the last
+            slot (value statistics) is left to the caller on this backend.
+        """
+        n, k, p = x.shape
+        self._check_shape(n, p, x.shape)
+        dtype, dev = x.dtype, x.device
+        vals = torch.empty(n, p, k + 1, dtype=dtype, device=dev)
+        torch.mul(x.transpose(1, 2), r.unsqueeze(2), out=vals[:, :, :k])
+        vals[:, :, k] = r
+        flat = vals.view(n * p, k + 1)
+        splat = self._splat(flat)  # (M+1, K+1) = S [s, r]
+        blurred = self._blur(splat, False)  # B S [s, r]
+        # s_kᵀ W y = alpha (S s_k)ᵀ B (S y): value and volume from the M vertices, not the pixels
+        m = self.num_vertices
+        sk, bk, br = splat[:m, :k], blurred[:m, :k], blurred[:m, k:]
+        per_vertex = torch.stack([(sk * (br - bk)).sum(1), splat[:m, k] * br[:, 0]])
+        sums = torch.zeros(2, n, dtype=torch.float64, device=dev)
+        sums.index_add_(1, self._vertex_image(), per_vertex.to(torch.float64))
+        sums = sums.mul_(self.alpha).to(dtype)
+        value, volume = sums[0], sums[1]
+        coef = torch.full((n,), float(grad_scale or 0.0), dtype=dtype, device=dev)
+        if normalize:
+            volume = volume.clamp_min(torch.finfo(dtype).tiny)
+            value = value / volume
+            coef = coef / volume
+        else:
+            volume = torch.ones(n, dtype=dtype, device=dev)
+        if grad_scale is None:
+            return value, volume, None, None
+        # slice: [W s, W r], pixel-major
+        filt = self._slice(blurred).view(n, p, k + 1)
+        ws, wr = filt[:, :, :k], filt[:, :, k:]
+        # grad = c (W r − 2 W s), c = coef r, written channel-major in one pass
+        c = (r * coef.unsqueeze(1)).unsqueeze(2)
+        grad = torch.empty(n, k, p, dtype=dtype, device=dev)
+        torch.addcmul(c * wr, ws, c, value=-2.0, out=grad.transpose(1, 2))
+        return value, volume, grad, None
 
-def _build_relabel(
-    image: Tensor, rem0: Tensor, rank: Tensor, batch: int, d: int
-) -> tuple[Tensor, Tensor, int]:
-    """Exact path: relabel one coordinate at a time, never packing beyond the vertex count.
+    def _vertex_image(self) -> Tensor:
+        """``(M,)`` int64 image index of each vertex."""
+        if self._image_of_vertex is None:
+            e = self._vertex.numel()
+            per_image = self.num_pixels * (self.dim + 1)  # entries are pixel-major
+            image = torch.arange(e, device=self.device).div_(per_image, rounding_mode="floor")
+            vimg = torch.zeros(self.num_vertices, dtype=torch.int64, device=self.device)
+            vimg.scatter_(0, self._vertex.reshape(-1).to(torch.int64), image)
+            self._image_of_vertex = vimg
+        return self._image_of_vertex
 
-    At level ``i`` the prefix ``(image, k_0..k_{i-1})`` has a dense id below
-    ``M_i`` and coordinate ``k_i`` a dense rank below ``R_i``; both are at most
-    the number of vertex instances ``Q (d+1)``, so ``id * R_i + rank`` fits in
-    int64 whenever ``(Q (d+1))^2 < 2^63``.
-    """
-    dev = rem0.device
-    q = rem0.shape[0]
-    total = q * (d + 1)
-    if total * total >= 2**63:
-        raise ValueError(f"too many lattice vertex instances ({total}) for int64 relabelling")
-    coords = torch.cat(
-        [rem0[:, :d] + _vertex_offsets(rank, r) for r in range(d + 1)]
-    )  # (Q*(d+1), d), remainder-major like the packed path
-    ids = image.repeat(d + 1)
-    count = batch
-    levels = []
-    for i in range(d):
-        col_vals, col_rank = torch.unique(coords[:, i], sorted=True, return_inverse=True)
-        code = ids * col_vals.numel() + col_rank
-        prefix, ids = torch.unique(code, sorted=True, return_inverse=True)
-        levels.append((col_vals, prefix))
-        count = prefix.numel()
-    m = count
-    # one representative instance per vertex gives its coordinates and image
-    rep = torch.empty(m, dtype=torch.int64, device=dev)
-    rep.scatter_(0, ids, torch.arange(total, device=dev))
-    vcoords = coords[rep].t().contiguous()  # (d, M): each coordinate contiguous
-    vimage = image.repeat(d + 1)[rep]
-    del coords
-    deltas = torch.tensor(_neighbour_deltas(d), dtype=torch.int64, device=dev)  # (2(d+1), d)
-    neighbours = torch.empty(deltas.shape[0], m, dtype=torch.int64, device=dev)
-    for group in _groups(deltas.shape[0], m):
-        g = len(group)
-        # (d, g*M): coordinates of the group's neighbours, one row per coordinate
-        query = (vcoords.unsqueeze(1) + deltas[group.start : group.stop].t().unsqueeze(2)).reshape(
-            d, g * m
-        )
-        nid = vimage.repeat(g)
-        ok = torch.ones(g * m, dtype=torch.bool, device=dev)
-        for i, (col_vals, prefix) in enumerate(levels):
-            pos, found = _lookup(col_vals, query[i])
-            ok &= found
-            nid, found = _lookup(prefix, nid * col_vals.numel() + pos)
-            ok &= found
-        neighbours[group.start : group.stop] = torch.where(ok, nid, m).view(g, m)
-    return ids.view(d + 1, q), neighbours.view(d + 1, 2, m), m
+    def _check_shape(self, n: int, p: int, shape: torch.Size) -> None:
+        if n != self.batch or p != self.num_pixels:
+            raise ValueError(
+                f"values have shape {tuple(shape)} but the lattice was built for "
+                f"(N, C, P) = ({self.batch}, C, {self.num_pixels})"
+            )
 
 
 def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLattice:
@@ -399,58 +656,65 @@ def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLat
     if not features.is_floating_point():
         raise ValueError(f"features must be floating point, got dtype {features.dtype}")
     dev = features.device
+    d1 = d + 1
     f = features.detach().to(torch.float32).reshape(n * p, d)
     el = _elevate(f)
 
     # Host sync 1 of 2 (construction only): the elevated magnitude (validity) and
-    # the per-coordinate ranges that choose the packed key layout, read back in
-    # one transfer.
-    stats = torch.cat(
-        [
-            el.abs().amax().view(1),
-            el[:, :d].amin(dim=0),
-            el[:, :d].amax(dim=0),
-        ]
-    ).tolist()
-    peak = stats[0]
-    if not peak < _MAX_ELEVATED:  # also catches NaN/Inf
+    # the per-coordinate ranges that choose the packed key layout, one transfer
+    lo_el, hi_el = torch.aminmax(el, dim=0)
+    stats = torch.cat([lo_el, hi_el]).tolist()
+    lo_el, hi_el = stats[:d1], stats[d1:]
+    peak = max(-min(lo_el), max(hi_el))
+    if not peak < _MAX_ELEVATED:  # also catches NaN/Inf (NaN propagates into aminmax)
         raise ValueError(
             f"features are too large or not finite (elevated magnitude {peak:.3g}, "
             f"want < {_MAX_ELEVATED:.3g}): divide them by their bandwidths"
         )
-    rem0, rank, bary = _simplex(el)
+    # int32 arithmetic for the remainder-0 points when they are small (the usual case)
+    simplex = _Simplex(el, torch.int32 if peak < 2**23 else torch.int64)
     del el
-    image = torch.arange(n, device=dev, dtype=torch.int64).repeat_interleave(p)
 
-    # The remainder-0 point is within (d+1)/2 of the elevated point, and moves by
-    # at most d+1 when put back on the plane: 2(d+1) around the elevated range
-    # bounds it. Pad by another 2(d+1) so that every vertex (rem0 + [-(d+1), d])
-    # and each of its blur neighbours (a further +-d) packs without wrapping.
-    margin = 4 * (d + 1)
-    lo = [math.floor(v) - margin for v in stats[1 : 1 + d]]
-    hi = [math.ceil(v) + margin for v in stats[1 + d :]]
-    ranges = [h - l + 1 for l, h in zip(lo, hi)]
-    capacity = n
-    for r in ranges:
-        capacity *= r
-    packed = options.keys != "full" and capacity < 2**_MAX_PACKED_BITS
+    lo = [math.floor(v / d1) - _KEY_MARGIN for v in lo_el[:d]]
+    hi = [math.ceil(v / d1) + _KEY_MARGIN for v in hi_el[:d]]
+    layout = _KeyLayout(lo, [h - l + 1 for l, h in zip(lo, hi)], n, d)
+    packed = options.keys != "full" and layout.capacity < 2**_MAX_PACKED_BITS
     if options.keys == "packed" and not packed:
         raise ValueError(
             "keys='packed' was asked for, but the lattice keys of these features do not "
             "fit 63 bits; use keys='auto'"
         )
+    idx_dtype = _index_dtype(n * p * d1)
     if packed:
-        vertex, neighbours, m = _build_packed(image, rem0, rank, lo, ranges, d)
+        key_dtype = torch.int32 if layout.capacity < _INT32_LIMIT else torch.int64
+        image = torch.arange(n, device=dev, dtype=key_dtype).repeat_interleave(p)
+        keys = _packed_keys(simplex, image, layout, key_dtype)
+        del image
+        bary = simplex.bary
+        del simplex
+        unique_keys, starts, perm, vertex = _number_vertices(keys.view(-1), idx_dtype)
+        del keys
+        m = unique_keys.numel()
+        neighbours = _packed_neighbours(unique_keys, layout)
+        vertex_image = unique_keys.div(layout.image_stride, rounding_mode="floor").to(torch.int64)
+        del unique_keys
     else:
-        vertex, neighbours, m = _build_relabel(image, rem0, rank, n, d)
-    idx_dtype = _index_dtype(m)
+        image = torch.arange(n, device=dev, dtype=torch.int64).repeat_interleave(p)
+        ids, neighbours, m = _relabel(image, simplex.rem0(), simplex.rank(), n, d)
+        bary = simplex.bary
+        del simplex, image
+        _, starts, perm, vertex = _number_vertices(ids.view(-1), idx_dtype)
+        del ids
+        vertex_image = None
     return TorchLattice(
         batch=n,
         num_pixels=p,
         dim=d,
-        vertex=vertex.to(idx_dtype).contiguous(),
-        weight=bary.t().contiguous(),
+        vertex=vertex.view(n * p, d1),
+        weight=bary,
         neighbours=neighbours.to(idx_dtype).contiguous(),
         num_vertices=m,
         packed=packed,
+        splat_order=(starts, perm),
+        vertex_image=vertex_image,
     )
