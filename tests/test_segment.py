@@ -395,3 +395,30 @@ def test_cli_visualize_segment_writes_the_figure(tmp_path, capsys):
     assert main([*argv, "--overwrite", "--examples", "astronaut"]) == 0
     assert out.read_bytes() != before
     assert not [p for p in tmp_path.iterdir() if p.name != "fig.png"]  # no temporary left
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_adam_matches_torch_optim(schedule):
+    """The torch.optim-free Adam of segment_image = torch.optim.Adam (+ CosineAnnealingLR)."""
+    from rloss.segment import Adam
+
+    g = torch.Generator().manual_seed(0)
+    a = [torch.randn(4, 3, generator=g, requires_grad=True), torch.randn(5, generator=g)]
+    a[1].requires_grad_(True)
+    b = [t.detach().clone().requires_grad_(True) for t in a]
+    ours = Adam(a, 0.05, steps=7, schedule=schedule)
+    ref = torch.optim.Adam(b, lr=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(ref, T_max=7) if schedule == "cosine" else None
+    target = torch.randn(4, 3, generator=g)
+    for _ in range(7):
+        for params, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            (((params[0] - target) ** 2).sum() + (params[1] ** 3).sum()).backward()
+            opt.step()
+        if sched is not None:
+            sched.step()
+        for x, y in zip(a, b):
+            assert torch.allclose(x, y, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(a[0], target)  # it moved
+    with pytest.raises(ValueError, match="schedule"):
+        Adam(a, 0.1, schedule="linear")
