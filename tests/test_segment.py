@@ -392,8 +392,10 @@ def test_cli_visualize_segment_writes_the_figure(tmp_path, capsys):
     assert main(argv) == 2  # refuses to overwrite
     assert "exists" in capsys.readouterr().err
     assert out.read_bytes() == before
-    assert main([*argv, "--overwrite", "--examples", "astronaut"]) == 0
+    assert main([*argv, "--overwrite", "--examples", "astronaut", "--compress"]) == 0
     assert out.read_bytes() != before
+    with Image.open(out) as im:
+        assert im.mode == "P"  # --compress: a palette PNG
     assert not [p for p in tmp_path.iterdir() if p.name != "fig.png"]  # no temporary left
 
 

@@ -106,6 +106,8 @@ def _register_segment(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (unset: torch's setting)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
+    p.add_argument("--compress", action="store_true",
+                   help="write a 256-colour palette PNG (about 4x smaller; as in docs/img)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_visualize_segment)
 
@@ -143,9 +145,20 @@ def _cmd_visualize_segment(args: argparse.Namespace) -> int:
             "the pixels"
         )
         rows.append(row)
-    plot_segment_figure(
-        rows, args.out, title="rloss segment: pCE only vs pCE + DenseCRF (shipped photographs)"
-    )
+    title = "rloss segment: pCE only vs pCE + DenseCRF (shipped photographs)"
+    plot_segment_figure(rows, args.out, title=title)
+    if args.compress:  # re-written in place, atomically: the file is whole at every moment
+        import io
+
+        from PIL import Image
+
+        from rloss._io import atomic_write_bytes
+
+        with Image.open(args.out) as im:
+            small = im.convert("RGB").quantize(256, dither=Image.Dither.NONE)
+        buf = io.BytesIO()
+        small.save(buf, format="PNG", optimize=True)
+        atomic_write_bytes(args.out, buf.getvalue())
     print(f"figure: {args.out}")
     return 0
 
