@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             ref = read_label(args.ref_dir / f"{name}.png")
             row["agreement"] = float((ref == labels).mean())
         rows.append(row)
-        extra = " ".join(
-            f"{k}={row[k]:.4f}" for k in ("mean_iou", "agreement") if k in row
-        )
+        extra = " ".join(f"{k}={row[k]:.4f}" for k in ("mean_iou", "agreement") if k in row)
         print(f"{name:16s} {row['size']:8s} {elapsed:6.2f} s {extra}", flush=True)
     summary: dict = {"kwargs": kwargs, "rows": rows}
     for group, pred in (

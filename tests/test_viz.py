@@ -265,8 +265,15 @@ def test_plot_segment_figure_writes_png(tmp_path):
         img = rng.integers(0, 255, (h, 24, 3), dtype=np.uint8)
         scr = np.full((h, 24), 255, np.uint8)
         scr[2, 2:10] = 0
-        rows.append({"name": f"h{h}", "image": img, "scribbles": scr,
-                     "pce": rng.integers(0, 2, (h, 24)), "crf": np.zeros((h, 24), int)})
+        rows.append(
+            {
+                "name": f"h{h}",
+                "image": img,
+                "scribbles": scr,
+                "pce": rng.integers(0, 2, (h, 24)),
+                "crf": np.zeros((h, 24), int),
+            }
+        )
     out = plot_segment_figure(rows, tmp_path / "f.png", title="t")
     assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="non-empty"):

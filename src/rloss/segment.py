@@ -349,7 +349,10 @@ class ScribbleCrossEntropy:
                 f"got {tuple(coarse.shape)}"
             )
         at = F.grid_sample(
-            coarse, self.grid.to(coarse.dtype), mode="bilinear", padding_mode="border",
+            coarse,
+            self.grid.to(coarse.dtype),
+            mode="bilinear",
+            padding_mode="border",
             align_corners=False,
         )
         return partial_cross_entropy(at, self.labels)

@@ -546,11 +546,10 @@ def plot_segment_figure(
         raise ValueError(f"rows and columns must be non-empty, got {len(rows)} and {len(columns)}")
     from matplotlib.figure import Figure
 
-    aspects = [np.asarray(r["image"]).shape[0] / max(1, np.asarray(r["image"]).shape[1])
-               for r in rows]
-    fig = Figure(
-        figsize=(cell * len(columns), cell * sum(aspects) + 0.5), layout="constrained"
-    )
+    aspects = [
+        np.asarray(r["image"]).shape[0] / max(1, np.asarray(r["image"]).shape[1]) for r in rows
+    ]
+    fig = Figure(figsize=(cell * len(columns), cell * sum(aspects) + 0.5), layout="constrained")
     axes = fig.subplots(
         len(rows), len(columns), squeeze=False, gridspec_kw={"height_ratios": aspects}
     )
