@@ -19,7 +19,9 @@ where ``z_theta`` are the class scores. Two parameterisations are offered:
 
 Scores live on a grid ``scale`` times the image size and are upsampled
 bilinearly; the DenseCRF loss is computed at that scale too (its
-``scale_factor``), which keeps a 300x300 photograph to seconds on a CPU.
+``scale_factor``). On large images the scale is lowered so that the grid has at most
+``max_grid_pixels`` pixels (:func:`working_grid`): the cost per step is proportional to
+the grid, so a 500x375 photograph costs what a 330x250 one does.
 
 Scribbles are read from an index/palette PNG (255 = unlabelled) or from the
 text polyline format: one stroke per line, ``label,x1,y1,x2,y2,...`` in pixel
@@ -522,8 +524,16 @@ def segment_image(
         sigma_xy: spatial bandwidth in pixels of the full-size image.
         steps: Adam iterations, >= 1.
         scale: resolution of the score grid and of the DenseCRF loss, in (0, 1].
+        max_grid_pixels: lower ``scale`` on large images so that the grid has at most this
+            many pixels (:func:`working_grid`); ``None`` or 0: no cap. The default (20 000)
+            leaves images up to ~330x250 at ``scale`` 0.5.
         lr: Adam learning rate; ``None`` for the method's default (0.01 for
             ``"net"``, 0.1 for ``"logits"``).
+        schedule: ``"constant"`` learning rate or ``"cosine"`` decay to 0 over ``steps``
+            (:class:`Adam`).
+        tol: stop early once at most this fraction of the grid's labels changed between
+            checks :data:`EARLY_STOP_EVERY` steps apart, :data:`EARLY_STOP_PATIENCE` times
+            running (:class:`EarlyStop`); 0 runs all ``steps``.
         method: ``"net"`` (small CNN fitted to the image) or ``"logits"``
             (free per-pixel scores).
         normalize: use the DenseCRF loss's normalised (size-independent) form.
