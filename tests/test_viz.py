@@ -239,3 +239,42 @@ def test_cli_visualize_gradient_from_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     argv[2] = str(bad)
     assert main([*argv, "--overwrite"]) == 2
+
+
+def test_label_boundaries_and_contour_overlay():
+    from rloss.viz import contour_overlay, label_boundaries, overlay
+
+    lab = np.zeros((6, 8), np.int64)
+    lab[2:4, 3:6] = 1
+    edge = label_boundaries(lab)
+    assert edge[2, 3] and edge[1, 3] and edge[3, 6]  # both sides of the boundary
+    assert not edge[0, 0] and not edge[5, 7]
+    assert not label_boundaries(np.zeros((4, 4), np.int64)).any()
+    img = np.full((6, 8, 3), 100, np.uint8)
+    out = contour_overlay(img, lab, color=(1, 2, 3))
+    assert (out[edge] == [1, 2, 3]).all()
+    assert (out[~edge] == overlay(img, lab, alpha=0.45)[~edge]).all()
+
+
+def test_plot_segment_figure_writes_png(tmp_path):
+    from rloss.viz import plot_segment_figure
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for h in (20, 30):
+        img = rng.integers(0, 255, (h, 24, 3), dtype=np.uint8)
+        scr = np.full((h, 24), 255, np.uint8)
+        scr[2, 2:10] = 0
+        rows.append(
+            {
+                "name": f"h{h}",
+                "image": img,
+                "scribbles": scr,
+                "pce": rng.integers(0, 2, (h, 24)),
+                "crf": np.zeros((h, 24), int),
+            }
+        )
+    out = plot_segment_figure(rows, tmp_path / "f.png", title="t")
+    assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="non-empty"):
+        plot_segment_figure([], tmp_path / "g.png")

@@ -36,12 +36,15 @@ from rloss.constants import IGNORE_INDEX, voc_palette
 __all__ = [
     "colorize",
     "colorize_rgba",
+    "contour_overlay",
     "densecrf_gradient_maps",
+    "label_boundaries",
     "overlay",
     "palette_array",
     "plot_curves",
     "plot_gradient_figure",
     "plot_prediction_grid",
+    "plot_segment_figure",
     "save_figure",
     "to_numpy_image",
 ]
@@ -450,6 +453,121 @@ def plot_curves(
         ax.grid(alpha=0.3)
         if any(len(v) for v in runs.values()):
             ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=dpi)
+
+
+def label_boundaries(labels: np.ndarray | Tensor) -> np.ndarray:
+    """Pixels on a boundary between two labels (4-neighbourhood), both sides marked.
+
+    Args:
+        labels: ``(H, W)`` integer label map.
+
+    Returns:
+        ``(H, W)`` bool array.
+
+    Example:
+        >>> lab = np.zeros((3, 4), int)
+        >>> lab[:, 2:] = 1
+        >>> label_boundaries(lab).astype(int)
+        array([[0, 1, 1, 0],
+               [0, 1, 1, 0],
+               [0, 1, 1, 0]])
+    """
+    arr = _labels_numpy(labels)
+    out = np.zeros(arr.shape, dtype=bool)
+    dx = arr[:, 1:] != arr[:, :-1]
+    dy = arr[1:, :] != arr[:-1, :]
+    out[:, 1:] |= dx
+    out[:, :-1] |= dx
+    out[1:, :] |= dy
+    out[:-1, :] |= dy
+    return out
+
+
+def contour_overlay(
+    image: np.ndarray | Tensor,
+    labels: np.ndarray | Tensor,
+    *,
+    alpha: float = 0.45,
+    color: tuple[int, int, int] = (255, 255, 255),
+    palette: Sequence[int] | None = None,
+) -> np.ndarray:
+    """:func:`overlay` with the label boundaries (:func:`label_boundaries`) drawn in ``color``.
+
+    Args:
+        image: ``(H, W, 3)`` (or ``(3, H, W)`` tensor) RGB image, 0..255.
+        labels: ``(H, W)`` integer labels; ``255`` = unlabelled.
+        alpha: opacity of the label colours, in [0, 1].
+        color: RGB of the contour pixels.
+        palette: flat 768-int palette; ``None`` for the VOC palette.
+
+    Returns:
+        ``(H, W, 3)`` ``uint8`` RGB image.
+    """
+    out = overlay(image, labels, alpha=alpha, palette=palette)
+    out[label_boundaries(labels)] = np.asarray(color, dtype=np.uint8)
+    return out
+
+
+def plot_segment_figure(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    columns: Sequence[tuple[str, str]] = (
+        ("scribbles", "image + scribbles"),
+        ("pce", "pCE only"),
+        ("crf", "pCE + DenseCRF"),
+    ),
+    title: str | None = None,
+    palette: Sequence[int] | None = None,
+    cell: float = 2.6,
+    dpi: int = 100,
+) -> Path:
+    """One row per photograph: the scribbles, then one mask per method as a contour overlay.
+
+    Args:
+        rows: mappings with ``"image"`` (``(H, W, 3)`` uint8), ``"name"`` (row label) and,
+            for each column key, an ``(H, W)`` label map (255 = unlabelled): the
+            ``"scribbles"`` column is drawn opaque over the image, the others as
+            :func:`contour_overlay`.
+        path: output ``.png``, written atomically.
+        columns: ``(key, column title)`` pairs, in order.
+        title: optional figure title.
+        palette: flat 768-int palette; ``None`` for the VOC palette.
+        cell: width of one panel in inches.
+        dpi: resolution.
+
+    Returns:
+        ``path``.
+    """
+    if not rows or not columns:
+        raise ValueError(f"rows and columns must be non-empty, got {len(rows)} and {len(columns)}")
+    from matplotlib.figure import Figure
+
+    aspects = [
+        np.asarray(r["image"]).shape[0] / max(1, np.asarray(r["image"]).shape[1]) for r in rows
+    ]
+    fig = Figure(figsize=(cell * len(columns), cell * sum(aspects) + 0.5), layout="constrained")
+    axes = fig.subplots(
+        len(rows), len(columns), squeeze=False, gridspec_kw={"height_ratios": aspects}
+    )
+    for r, row in enumerate(rows):
+        image = to_numpy_image(row["image"])
+        for c, (key, head) in enumerate(columns):
+            ax = axes[r, c]
+            if key == "scribbles":
+                shown = overlay(image, row[key], alpha=1.0, palette=palette)
+            else:
+                shown = contour_overlay(image, row[key], palette=palette)
+            ax.imshow(shown, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(head, fontsize=9)
+            if c == 0 and row.get("name"):
+                ax.set_ylabel(str(row["name"]), fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=dpi)

@@ -31,7 +31,7 @@ OVERLAY_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rloss segment`` to the ``rloss`` command (argparse only; light)."""
-    from rloss.segment import _METHODS, DEFAULTS
+    from rloss.segment import _METHODS, DEFAULTS, EARLY_STOP_EVERY
 
     p = add_command(
         subparsers,
@@ -71,6 +71,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="spatial bandwidth (pixels)")
     p.add_argument("--scale", type=float, default=DEFAULTS["scale"],
                    help="working scale of the scores and the loss, in (0, 1]")
+    p.add_argument(
+        "--max-grid-pixels", type=int, default=DEFAULTS["max_grid_pixels"],
+        help="lower --scale on large images so that the score grid has at most this many "
+        "pixels (0: no cap)",
+    )
+    p.add_argument(
+        "--tol", type=float, default=DEFAULTS["tol"],
+        help="stop early once under this fraction of the labels changes between checks "
+        f"{EARLY_STOP_EVERY} steps apart, twice running (0: run all --steps)",
+    )
     p.add_argument("--lr", type=positive_float, default=None,
                    help="Adam learning rate (unset: 0.01 for net, 0.1 for logits)")
     p.add_argument("--seed", type=int, default=0, help="seed of the network initialisation")
@@ -129,6 +139,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     if not 0.0 < args.scale <= 1.0:
         raise CLIError(f"--scale {args.scale:g}: want a number in (0, 1]")
+    if args.max_grid_pixels < 0:
+        raise CLIError(f"--max-grid-pixels {args.max_grid_pixels}: want an integer >= 0")
+    if not 0.0 <= args.tol < 1.0:
+        raise CLIError(f"--tol {args.tol:g}: want a fraction in [0, 1)")
     _check_outputs(args)
     check_scribble_path(args.scribbles)
     device = check_device(args.device)
@@ -152,7 +166,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             sigma_xy=args.sigma_xy,
             steps=args.steps,
             scale=args.scale,
+            max_grid_pixels=args.max_grid_pixels,
             lr=args.lr,
+            tol=args.tol,
             method=args.method,
             seed=args.seed,
             device=device,
