@@ -30,42 +30,70 @@ from numba import njit, prange
 from rloss.lattice._numba._build import local_packed_task, neighbours_local
 from rloss.lattice._numba._filter import blur_rows, gather_tile, scatter_tile
 from rloss.lattice._numba._layout import TILE, task_pixels
+from rloss.lattice._numba._simd import LANES, vquad
 
 
 @njit(cache=True)
 def splat_weighted_range(x, r, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp, stats):
     """Splat ``[x * r, r]`` of pixels ``p0 .. p1`` of image ``n`` (entries from
-    ``e_first``) into rows ``lo + loc[e]`` of ``buf``; ``tmp`` is ``(TILE, K + 1)``;
-    folds the statistics of the module docstring into ``stats`` (4,)."""
+    ``e_first``) into rows ``lo + loc[e]`` of ``buf``; ``tmp`` is ``(TILE, W)``
+    (``W = buf.shape[1]``, the padded width; its columns from ``K + 1`` on must
+    be zero); folds the statistics of the module docstring into ``stats`` (4,).
+
+    Per tile, the products and the per-pixel statistics are computed channel by
+    channel over contiguous pixel runs (``prod``, ``psum``, ... vectorise), the
+    products then copied into the pixel-major ``tmp`` rows the scatter reads;
+    the statistics are kept per tile slot and folded into ``stats`` at the end
+    (min, max and the NaN sum do not depend on the order).
+    """
     k = x.shape[1]
     dt = x.dtype
+    rr = np.empty(TILE, dt)
+    prod = np.empty(TILE, dt)
     psum = np.empty(TILE, dt)
     pmin = np.empty(TILE, dt)
     pmax = np.empty(TILE, dt)
+    smin = np.full(TILE, np.inf)
+    smax = np.full(TILE, -np.inf)
+    serr = np.zeros(TILE)
+    snan = np.zeros(TILE)
     for q0 in range(p0, p1, TILE):
         nb = min(TILE, p1 - q0)
         for b in range(nb):
-            tmp[b, k] = r[n, q0 + b]
+            rr[b] = r[n, q0 + b]
             v = x[n, 0, q0 + b]
             psum[b] = v
             pmin[b] = v
             pmax[b] = v
-            tmp[b, 0] = v * tmp[b, k]
+            prod[b] = v * rr[b]
+        for b in range(nb):
+            tmp[b, 0] = prod[b]
+            tmp[b, k] = rr[b]
         for c in range(1, k):
             for b in range(nb):
                 v = x[n, c, q0 + b]
-                tmp[b, c] = v * tmp[b, k]
+                prod[b] = v * rr[b]
                 psum[b] += v
                 pmin[b] = v if v < pmin[b] else pmin[b]
                 pmax[b] = v if v > pmax[b] else pmax[b]
+            for b in range(nb):
+                tmp[b, c] = prod[b]
         for b in range(nb):
             sb = np.float64(psum[b])
-            stats[3] += sb - sb
-            if tmp[b, k] > 0:
-                stats[0] = min(stats[0], np.float64(pmin[b]))
-                stats[1] = max(stats[1], np.float64(pmax[b]))
-                stats[2] = max(stats[2], abs(sb - 1.0))
+            snan[b] += sb - sb
+            inside = rr[b] > 0
+            lo_b = np.float64(pmin[b])
+            hi_b = np.float64(pmax[b])
+            er_b = abs(sb - 1.0)
+            smin[b] = lo_b if inside and lo_b < smin[b] else smin[b]
+            smax[b] = hi_b if inside and hi_b > smax[b] else smax[b]
+            serr[b] = er_b if inside and er_b > serr[b] else serr[b]
         scatter_tile(tmp, nb, e_first + (q0 - p0) * dp1, dp1, lo, loc, bary, buf)
+    for b in range(TILE):
+        stats[3] += snan[b]
+        stats[0] = min(stats[0], smin[b])
+        stats[1] = max(stats[1], smax[b])
+        stats[2] = max(stats[2], serr[b])
 
 
 @njit(cache=True)
@@ -104,7 +132,7 @@ def splat_weighted(x, r, stats, A, buf):
         n, p0, p1 = task_pixels(t, nblk, npix)
         lo = loff[t]
         buf[lo : loff[t + 1]] = 0.0
-        tmp = np.empty((TILE, k + 1), x.dtype)
+        tmp = np.zeros((TILE, buf.shape[1]), x.dtype)
         e_first = (n * npix + p0) * dp1
         splat_weighted_range(x, r, n, p0, p1, e_first, dp1, lo, A.loc, A.bary, buf, tmp, stats[t])
 
@@ -140,20 +168,47 @@ def slice_channel_dot(lat, ch, A, alpha, r, part):
 @njit(cache=True)
 def quadratic_range(lat, dp1, off, ob, bary, alpha, x, r, n, p0, p1, e_first, c, want, grad):
     """Slice and contract pixels ``p0 .. p1`` of image ``n`` (see ``slice_quadratic``);
-    returns their ``Σ_k s_k (W r − W s_k)`` (float64 sum of per-tile sums)."""
+    returns their ``Σ_k s_k (W r − W s_k)``.
+
+    Per tile, the sliced ``(tile, W)`` rows are transposed to ``(W, tile)`` so
+    that the contraction runs over ``LANES`` pixels at a time (:func:`~._simd.vquad`),
+    with one partial sum per lane; a tile's sum is its lanes', in lane order,
+    then the remainder pixels' (float32), and tiles are summed in float64.
+    """
     k = x.shape[1]
+    npix = x.shape[2]
+    width = lat.shape[1]
     two = x.dtype.type(2.0)
-    acc = np.empty((TILE, k + 1), x.dtype)
+    acc = np.empty((TILE, width), x.dtype)
+    tr = np.empty((k + 1, TILE), x.dtype)
+    lanes = np.empty(LANES, x.dtype)
+    xf = x.reshape(-1)
+    rf = r.reshape(-1)
+    gf = grad.reshape(-1)
+    trf = tr.reshape(-1)
     total = 0.0
     for q0 in range(p0, p1, TILE):
         nb = min(TILE, p1 - q0)
         gather_tile(lat, nb, e_first + (q0 - p0) * dp1, dp1, ob, off, bary, alpha, acc)
-        tile = x.dtype.type(0.0)
-        for j in range(k):
+        for j in range(k + 1):
             for b in range(nb):
+                tr[j, b] = acc[b, j]
+        lanes[:] = 0.0
+        nv = nb - nb % LANES
+        rb0 = n * npix + q0
+        for j in range(k):
+            xb = (n * k + j) * npix + q0
+            for b in range(0, nv, LANES):
+                vquad(xf, xb + b, rf, rb0 + b, trf, k * TILE + b, j * TILE + b, lanes, gf,
+                      xb + b, c, want)  # fmt: skip
+        tile = x.dtype.type(0.0)
+        for i in range(LANES):
+            tile += lanes[i]
+        for j in range(k):
+            for b in range(nv, nb):
                 rb = r[n, q0 + b]
-                wr = acc[b, k]
-                ws = acc[b, j]
+                wr = tr[k, b]
+                ws = tr[j, b]
                 tile += x[n, j, q0 + b] * rb * (wr - ws)
                 if want:
                     grad[n, j, q0 + b] = c * rb * (wr - two * ws)
@@ -219,7 +274,7 @@ def quadratic_fused(
         neighbours_local(hh, cnt, table, pu, nbr)
         lat_a, lat_b = s_lat_a[tid], s_lat_b[tid]
         lat_a[: cnt + 1] = 0.0
-        tmp = np.empty((TILE, k + 1), x.dtype)
+        tmp = np.zeros((TILE, lat_a.shape[1]), x.dtype)
         splat_weighted_range(x, r, n, 0, npix, 0, dp1, 0, loc, bary, lat_a, tmp, stats[n])
         lat_b[cnt] = 0.0
         for j in range(dp1):

@@ -32,6 +32,7 @@ from rloss.lattice._numba._build import (
 from rloss.lattice._numba._embed import pack_params, ranges, scales
 from rloss.lattice._numba._filter import slice_values, splat, splat_blur
 from rloss.lattice._numba._layout import blocks_per_image
+from rloss.lattice._numba._simd import padded
 
 __all__ = ["CHECKS_FINITE", "NumbaLattice", "build"]
 
@@ -345,8 +346,8 @@ class NumbaLattice:
         with self._threads(n_img * npix):
             for _ in range(2):  # a second pass only if the rows were too few
                 s_nbr = _pool.empty((slots, dp1, rows, 2), np.int32)
-                s_lat_a = _pool.empty((slots, rows, k + 1), dt)
-                s_lat_b = _pool.empty((slots, rows, k + 1), dt)
+                s_lat_a = _pool.empty((slots, rows, padded(k + 1)), dt)
+                s_lat_b = _pool.empty((slots, rows, padded(k + 1)), dt)
                 Q.stats_init(stats)
                 self.fused_passes += 1
                 Q.quadratic_fused(
