@@ -8,8 +8,8 @@ For values ``x`` ``(N, K, P)`` and weights ``r`` ``(N, P)``, per image::
 The splat reads ``x`` and ``r`` and forms the ``K + 1`` channels ``[x ⊙ r, r]``
 tile by tile (``splat_weighted``), and the slice contracts ``[W s, W r]``
 straight into ``e_n`` and ``g`` (``slice_quadratic``): no ``(N, K + 1, P)``
-tensor is written and no elementwise pass over one follows. On a lattice with
-one pixel block per image, ``quadratic_fused`` goes further: it builds,
+tensor is written and no elementwise pass over one follows. On a lattice not
+built yet, ``quadratic_fused`` goes further: it builds,
 splats, blurs and slices one image per task in the scratch rows of the thread
 that runs it, never forming the batch lattice.
 

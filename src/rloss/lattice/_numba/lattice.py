@@ -4,8 +4,9 @@
 pass, which also rejects NaN/Inf); the batch lattice (:class:`~._build.LatticeArrays`)
 is built on first use: :meth:`NumbaLattice.apply`, a second
 :meth:`NumbaLattice.quadratic_form`, or reading :attr:`NumbaLattice.arrays`.
-The first :meth:`~NumbaLattice.quadratic_form` on a lattice with one pixel
-block per image instead runs build-to-slice image by image
+The first :meth:`~NumbaLattice.quadratic_form` on a lattice instead runs
+build-to-slice image by image, each image one task with its own one-block
+numbering, whatever the batch size
 (:func:`~._quadratic.quadratic_fused`) and keeps nothing; a lattice used
 again is built once and reused.
 """
@@ -282,7 +283,6 @@ class NumbaLattice:
             self.options.fused
             and not self.built
             and not self._fused_once
-            and self.nblk == 1
             and self._pack is not None
         ):
             # once: a lattice used again is worth building (and keeping)
