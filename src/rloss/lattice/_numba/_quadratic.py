@@ -9,9 +9,9 @@ The splat reads ``x`` and ``r`` and forms the ``K + 1`` channels ``[x ⊙ r, r]`
 tile by tile (``splat_weighted``), and the slice contracts ``[W s, W r]``
 straight into ``e_n`` and ``g`` (``slice_quadratic``): no ``(N, K + 1, P)``
 tensor is written and no elementwise pass over one follows. On a lattice not
-built yet, ``quadratic_fused`` goes further: it builds,
-splats, blurs and slices one image per task in the scratch rows of the thread
-that runs it, never forming the batch lattice.
+built yet, ``quadratic_image`` goes further: it builds,
+splats, blurs and slices one image per task (``quadratic_image``) in the
+scratch rows of the thread that runs it, never forming the batch lattice.
 
 While the values pass through the splat, it folds raw value statistics into
 ``stats`` rows (float64, 4 per task or image): ``[0]`` min and ``[1]`` max of
@@ -23,7 +23,6 @@ anywhere is NaN or infinite. They cost no extra pass; what they mean (e.g.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -237,15 +236,16 @@ def slice_quadratic(lat, A, alpha, x, r, coef, want, grad, part):
         )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
-def quadratic_fused(
-    feats, scale, pbase, plim, pu, alpha, x, r, normalize, grad_scale, want,
+@njit(cache=True, nogil=True)
+def quadratic_image(
+    n, slot, feats, scale, pbase, plim, pu, alpha, x, r, normalize, grad_scale, want,
     grad, part, volume, stats, counts, s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
 ):  # fmt: skip
-    """Build, splat, blur and slice one image per task, never forming a batch lattice.
+    """Build, splat, blur and slice image ``n`` in scratch row ``slot``, never forming a
+    batch lattice (one task of :func:`rloss._threads.run_tasks`; releases the GIL).
 
-    Each image's entries, keys, table, neighbours and lattice rows live in the
-    scratch row ``s_*[thread]`` of the thread that runs it, so they stay in that
+    The image's entries, keys, table, neighbours and lattice rows live in the
+    scratch rows ``s_*[slot]`` of the thread that runs it, so they stay in that
     core's cache from the build to the slice. The vertex numbering and every
     floating-point operation are those of the batch path with one block per
     image (``build_local_packed`` ... ``slice_quadratic``): results are identical.
@@ -255,38 +255,36 @@ def quadratic_fused(
     fit the scratch rows (``s_lat_a.shape[1] - 1``), the image is left for the
     caller to rerun with larger ones. ``stats[n]`` gets the image's statistics.
     """
-    n_img, npix, d = feats.shape
-    dp1 = d + 1
+    npix = feats.shape[1]
+    dp1 = feats.shape[2] + 1
     k = x.shape[1]
     rows = s_lat_a.shape[1]
     half = x.dtype.type(0.5)
     tiny = np.finfo(x.dtype).tiny
-    for n in prange(n_img):
-        tid = numba.get_thread_id()
-        loc, bary, hh = s_loc[tid], s_bary[tid], s_hh[tid]
-        cnt, table = local_packed_task(
-            feats, scale, n, 0, npix, 0, loc, bary, hh, pbase, plim, pu, s_table[tid]
-        )
-        counts[n] = cnt
-        if cnt < 0 or cnt + 1 > rows:
-            continue
-        nbr = s_nbr[tid]
-        neighbours_local(hh, cnt, table, pu, nbr)
-        lat_a, lat_b = s_lat_a[tid], s_lat_b[tid]
-        lat_a[: cnt + 1] = 0.0
-        tmp = np.zeros((TILE, lat_a.shape[1]), x.dtype)
-        splat_weighted_range(x, r, n, 0, npix, 0, dp1, 0, loc, bary, lat_a, tmp, stats[n])
-        lat_b[cnt] = 0.0
-        for j in range(dp1):
-            if j % 2 == 0:
-                blur_rows(lat_a, lat_b, nbr, j, 0, cnt, half)
-            else:
-                blur_rows(lat_b, lat_a, nbr, j, 0, cnt, half)
-        lat = lat_b if dp1 % 2 == 1 else lat_a
-        vol = 1.0
-        if normalize:
-            vol = channel_dot_range(lat, k, dp1, loc, 0, bary, alpha, r, n, 0, npix, 0)
-            vol = max(vol, tiny)
-        c = x.dtype.type(grad_scale / vol)
-        part[n] = quadratic_range(lat, dp1, loc, 0, bary, alpha, x, r, n, 0, npix, 0, c, want, grad)
-        volume[n] = vol
+    loc, bary, hh = s_loc[slot], s_bary[slot], s_hh[slot]
+    cnt, table = local_packed_task(
+        feats, scale, n, 0, npix, 0, loc, bary, hh, pbase, plim, pu, s_table[slot]
+    )
+    counts[n] = cnt
+    if cnt < 0 or cnt + 1 > rows:
+        return
+    nbr = s_nbr[slot]
+    neighbours_local(hh, cnt, table, pu, nbr)
+    lat_a, lat_b = s_lat_a[slot], s_lat_b[slot]
+    lat_a[: cnt + 1] = 0.0
+    tmp = np.zeros((TILE, lat_a.shape[1]), x.dtype)
+    splat_weighted_range(x, r, n, 0, npix, 0, dp1, 0, loc, bary, lat_a, tmp, stats[n])
+    lat_b[cnt] = 0.0
+    for j in range(dp1):
+        if j % 2 == 0:
+            blur_rows(lat_a, lat_b, nbr, j, 0, cnt, half)
+        else:
+            blur_rows(lat_b, lat_a, nbr, j, 0, cnt, half)
+    lat = lat_b if dp1 % 2 == 1 else lat_a
+    vol = 1.0
+    if normalize:
+        vol = channel_dot_range(lat, k, dp1, loc, 0, bary, alpha, r, n, 0, npix, 0)
+        vol = max(vol, tiny)
+    c = x.dtype.type(grad_scale / vol)
+    part[n] = quadratic_range(lat, dp1, loc, 0, bary, alpha, x, r, n, 0, npix, 0, c, want, grad)
+    volume[n] = vol

@@ -7,7 +7,8 @@ is built on first use: :meth:`NumbaLattice.apply`, a second
 The first :meth:`~NumbaLattice.quadratic_form` on a lattice instead runs
 build-to-slice image by image, each image one task with its own one-block
 numbering, whatever the batch size
-(:func:`~._quadratic.quadratic_fused`) and keeps nothing; a lattice used
+(:func:`~._quadratic.quadratic_image`, one task per image on
+:func:`rloss._threads.run_tasks`) and keeps nothing; a lattice used
 again is built once and reused.
 """
 
@@ -15,12 +16,11 @@ from __future__ import annotations
 
 import logging
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
 
-from rloss._threads import numba_threads
+from rloss._threads import get_numba_threads, numba_threads, run_tasks
 from rloss.lattice import _pool
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions
 from rloss.lattice._numba import _quadratic as Q
@@ -54,7 +54,7 @@ def kernels_cached() -> bool:
     unknown numba layout this says "cached" rather than guess.
     """
     try:
-        return bool(Q.quadratic_fused._cache._cache_file._load_index())
+        return bool(Q.quadratic_image._cache._cache_file._load_index())
     except Exception:  # numba internals changed: say nothing rather than fail
         return True
 
@@ -118,8 +118,7 @@ class NumbaLattice:
         n_img, npix, d = f.shape
         dp1 = d + 1
         self.options = options
-        with self._threads(n_img * npix):
-            rng = ranges(f)
+        rng = ranges(f, 1 if n_img * npix < options.serial_below else None)
         scale = scales(d)
         if not np.isfinite(rng).all():
             raise ValueError("features contains NaN or Inf values")
@@ -327,9 +326,10 @@ class NumbaLattice:
         pbase, plim, pu = self._pack
         hint = self.options.hint
         min_table = self.options.min_table
-        # scratch rows per thread (ids < NUMBA_NUM_THREADS); only touched pages
-        # cost memory, and the pool keeps them between calls
-        slots = numba.config.NUMBA_NUM_THREADS
+        # scratch rows per thread of run_tasks; only touched pages cost memory,
+        # and the pool keeps them between calls
+        nthreads = 1 if n_img * npix < self.options.serial_below else get_numba_threads()
+        slots = max(1, min(nthreads, n_img))
         nent = npix * dp1
         cap0 = first_table_capacity(nent, hint.per_task, min_table)
         rows = min(nent, max(2 * hint.per_task, min_table)) + 1
@@ -343,29 +343,29 @@ class NumbaLattice:
         s_hh = _pool.empty((slots, nent), np.int64)
         s_table = _pool.empty((slots, 2 * cap0), np.int64)
         self.fused_passes = 0
-        with self._threads(n_img * npix):
-            for _ in range(2):  # a second pass only if the rows were too few
-                s_nbr = _pool.empty((slots, dp1, rows, 2), np.int32)
-                s_lat_a = _pool.empty((slots, rows, padded(k + 1)), dt)
-                s_lat_b = _pool.empty((slots, rows, padded(k + 1)), dt)
-                Q.stats_init(stats)
-                self.fused_passes += 1
-                Q.quadratic_fused(
-                    f, self._scale, pbase, plim, pu, self.alpha, p, r, bool(normalize),
-                    float(grad_scale or 0.0), want, grad, part, volume, stats, counts,
-                    s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
-                )  # fmt: skip
-                if (counts < 0).any():
-                    if self.options.keys == "packed":
-                        raise ValueError(
-                            "keys='packed' was asked for, but a lattice key falls outside "
-                            "the packable range; use keys='auto'"
-                        )
-                    return None
-                hint.update(int(counts.max()))
-                if counts.max() + 1 <= rows:
-                    break
-                rows = int(counts.max()) + 1
+        for _ in range(2):  # a second pass only if the rows were too few
+            s_nbr = _pool.empty((slots, dp1, rows, 2), np.int32)
+            s_lat_a = _pool.empty((slots, rows, padded(k + 1)), dt)
+            s_lat_b = _pool.empty((slots, rows, padded(k + 1)), dt)
+            Q.stats_init(stats)
+            self.fused_passes += 1
+            args = (
+                f, self._scale, pbase, plim, pu, self.alpha, p, r, bool(normalize),
+                float(grad_scale or 0.0), want, grad, part, volume, stats, counts,
+                s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
+            )  # fmt: skip
+            run_tasks(lambda n, slot, a=args: Q.quadratic_image(n, slot, *a), n_img, nthreads)
+            if (counts < 0).any():
+                if self.options.keys == "packed":
+                    raise ValueError(
+                        "keys='packed' was asked for, but a lattice key falls outside "
+                        "the packable range; use keys='auto'"
+                    )
+                return None
+            hint.update(int(counts.max()))
+            if counts.max() + 1 <= rows:
+                break
+            rows = int(counts.max()) + 1
         value = torch.from_numpy((part / volume).astype(dt))
         vol = torch.from_numpy(volume.astype(dt))
         return value, vol, torch.from_numpy(grad) if want else None, Q.stats_summary(stats)
