@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -143,16 +144,22 @@ def threads(n: int | None) -> Iterator[None]:
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    """The process's task pool with at least ``workers`` threads (grown, never shrunk)."""
-    global _pool, _pool_size
+    """The process's task pool with at least ``workers`` threads (grown, never shrunk).
+
+    A forked child (e.g. a data-loader worker) gets a pool of its own: the parent's
+    threads do not exist there.
+    """
+    global _pool, _pool_size, _pool_pid
     with _pool_lock:
-        if _pool is None or _pool_size < workers:
-            old = _pool
+        forked = _pool_pid != os.getpid()
+        if _pool is None or _pool_size < workers or forked:
+            old = None if forked else _pool
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rloss-task")
-            _pool_size = workers
+            _pool_size, _pool_pid = workers, os.getpid()
             if old is not None:
                 old.shutdown(wait=False)
         return _pool

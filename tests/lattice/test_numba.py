@@ -339,3 +339,25 @@ def test_run_tasks_runs_every_task_once_and_reraises():
 
     with pytest.raises(RuntimeError, match="task 7 failed"):
         run_tasks(bad, 20, 2)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_run_tasks_works_in_a_forked_child():
+    """A data-loader style fork after the pool exists: the child makes its own threads."""
+    import multiprocessing as mp
+
+    from rloss._threads import run_tasks
+
+    run_tasks(lambda t, slot: None, 4, 2)  # the parent's pool exists
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_fork_child_sum, (8,)).get(timeout=60)  # hangs without the fix
+    assert got == sum(t * t for t in range(8))
+
+
+def _fork_child_sum(n):
+    from rloss._threads import run_tasks
+
+    out = [0] * n
+    run_tasks(lambda t, slot: out.__setitem__(t, t * t), n, 2)
+    return sum(out)
