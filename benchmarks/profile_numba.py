@@ -122,7 +122,10 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     v = vals.numpy()
     # row V is the zero row that stands in for missing blur neighbours (uninitialised
     # memory there can hold denormals or NaNs, which would slow the blur down)
-    lat_a = np.zeros((lat.num_vertices + 1, k + 1), np.float32)
+    # rows padded to the vector width the kernels use (rloss.lattice._numba._simd)
+    from rloss.lattice._numba._simd import padded
+
+    lat_a = np.zeros((lat.num_vertices + 1, padded(k + 1)), np.float32)
     lat_b = np.zeros_like(lat_a)
     out = np.empty_like(v)
     cpu, wall = _cpu_median(lambda: lat.apply(vals), repeats)
@@ -131,7 +134,7 @@ def profile(shape: tuple[int, int, int, int], repeats: int) -> None:
     if lat.direct:
         splat = lambda: F.splat(v, arrays, lat_a)  # noqa: E731
     else:
-        buf = np.empty((lat.info.num_slots, k + 1), np.float32)
+        buf = np.empty((lat.info.num_slots, padded(k + 1)), np.float32)
 
         def splat():
             F.splat(v, arrays, buf)

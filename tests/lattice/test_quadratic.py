@@ -226,7 +226,7 @@ def test_potts_probs_stats(path):
     probs[-1, 0, 4, 5] = 1.5  # roi 0 there: counts neither for max nor for the sum error
     roi[-1, 4, 5] = 0.0
     lat = Lattice(feats, backend="torch" if path == "torch" else "numba")
-    if path == "numba-batch":
+    if path in ("numba-batch", "numba-blocks"):
         lat._impl.arrays  # noqa: B018 - builds
     _, _, stats = potts(lat, probs, roi, grad_scale=1.0, probs_stats=True)
     lo, hi, err = _want_stats(probs, roi)

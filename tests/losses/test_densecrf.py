@@ -474,3 +474,15 @@ def test_retained_graph_gradients_stay_right_when_grad_is_modified(kind):
     p.grad = None
     (loss + loss).backward()  # two paths into one input buffer
     torch.testing.assert_close(p.grad, 2 * g)
+
+
+def test_cpu_loss_leaves_torch_thread_count_as_it_was():
+    """The CPU loss runs torch's preparation on one thread, scoped: the caller's count is
+    restored, also when the loss raises."""
+    before = torch.get_num_threads()
+    image = torch.rand(1, 3, 12, 12) * 255
+    densecrf_loss(image, torch.rand(1, 3, 12, 12).softmax(1), sigma_xy=5.0)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        densecrf_loss(image, torch.rand(1, 3, 12, 12) * 5, sigma_xy=5.0)  # not probabilities
+    assert torch.get_num_threads() == before

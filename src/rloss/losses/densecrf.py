@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rloss import checks as _checks
+from rloss._threads import torch_threads
 from rloss.lattice import Lattice, features_from_image, position_sigmas
 from rloss.losses.composite import TermInputs
 
@@ -394,7 +395,10 @@ def densecrf_loss(
         if spacing is not None:
             raise ValueError("spacing must be None with a prebuilt lattice (it is the lattice's)")
         return _densecrf_on_lattice(lattice, probs, roi, weight, normalize, scale_factor)
-    with _checks.no_autocast(device):
+    # on the CPU torch only does small memory-bound work here (checks, features) and
+    # does it on one thread: on a busy machine each parallel torch op can wait for its
+    # OpenMP worker (the lattice kernels use their own threads, rloss._threads.run_tasks)
+    with _checks.no_autocast(device), torch_threads(1 if deferred else None):
         lat, probs_c, roi_c = prepare_pairwise(
             image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend, not deferred,
             spacing=spacing,

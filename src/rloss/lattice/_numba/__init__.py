@@ -19,9 +19,12 @@ Map of the package (each module's docstring has the details):
                ``embed_block`` for every path); the range pass; key packing
 ``_build``     the batch build: local numbering, merge, offsets, neighbours,
                CSR; ``LatticeArrays``, the arrays the kernels take
+``_simd``      fixed-width vector row operations (LLVM vector IR); rows are
+               padded to a multiple of ``LANES`` = 8 channels
 ``_filter``    splat, reduce, blur, slice (``W v`` for any number of channels)
 ``_quadratic`` the fused quadratic form ``Σ_k s_kᵀ W (r − s_k)`` and its
-               gradient, batch and per image (build to slice in one kernel)
+               gradient, batch and per image (build to slice in one kernel, one
+               ``nogil`` task per image on :func:`rloss._threads.run_tasks`)
 ``lattice``    ``NumbaLattice`` (validation, orchestration) and ``build``
 ============== ==============================================================
 
@@ -63,7 +66,8 @@ Glossary of the short names in the kernels:
 * ``pbase, plim, pu``: packing of key coordinate ``i``: ``(k[i] - pbase[i]) * pu[i]``.
 * ``r0``, ``rk``, ``el``: remainder-0 point, ranks, elevated point.
 * ``tcap``, ``toff``: per-image table capacity and offset.
-* ``s_*``: per-thread scratch rows of the fused per-image kernel.
+* ``s_*``: per-thread scratch rows of the fused per-image kernel (``slot`` = thread).
+* ``W``/``width``: padded row width, a multiple of ``LANES``.
 """
 
 from __future__ import annotations

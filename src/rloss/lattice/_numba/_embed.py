@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from rloss._threads import run_tasks
 
 from rloss.lattice._common import elevation_scales
 
@@ -99,59 +101,62 @@ def embed_block(feats, scale, n, q0, nb, e_first, el, r0, rk, sm, ssum, vr, bary
             bary[e0 + m] = vr[m, b] - vr[m - 1, b]
 
 
-@njit(parallel=True, cache=True)
-def ranges(f):
-    """Per-dimension minimum and maximum of ``f`` ``(N, P, d)``: ``(2, d)`` float32 (row 0:
-    min); all NaN when ``f`` holds a NaN or an infinity (``x - x`` is NaN exactly then).
+@njit(cache=True, nogil=True)
+def ranges_image(f, n, part, nonfinite):
+    """Minimum and maximum per dimension of image ``n`` of ``f`` ``(N, P, d)`` into
+    ``part[n]`` ``(2, d)``; ``nonfinite[n]``: whether it holds a NaN or an infinity
+    (``x - x`` is NaN exactly then). Releases the GIL (a task of :func:`ranges`).
 
-    Each image is read as consecutive runs of ``RANGE_BLOCK * d`` values folded
+    The image is read as consecutive runs of ``RANGE_BLOCK * d`` values folded
     element-wise into running minima, maxima and ``x - x`` sums (no reduction
     inside the loop, so it vectorises); the lanes are reduced per dimension at the end.
     """
-    n_img, npix, d = f.shape
+    npix, d = f.shape[1], f.shape[2]
     run = RANGE_BLOCK * d
+    flat = f[n].reshape(npix * d)
+    mn = np.empty(run, np.float32)
+    mx = np.empty(run, np.float32)
+    z = np.zeros(run, np.float32)
+    for j in range(run):
+        x = flat[j % d]  # pixel 0, dimension j mod d
+        mn[j] = x
+        mx[j] = x
+    full = (npix // RANGE_BLOCK) * run
+    for start in range(0, full, run):
+        for j in range(run):
+            x = flat[start + j]
+            z[j] += x - x
+            mn[j] = x if x < mn[j] else mn[j]
+            mx[j] = x if x > mx[j] else mx[j]
+    for j in range(full, npix * d):  # the last partial run
+        x = flat[j]
+        i = j % d
+        z[i] += x - x
+        mn[i] = x if x < mn[i] else mn[i]
+        mx[i] = x if x > mx[i] else mx[i]
+    bad = False
+    for i in range(d):
+        part[n, 0, i] = mn[i]
+        part[n, 1, i] = mx[i]
+    for j in range(run):
+        i = j % d
+        bad |= z[j] != z[j]
+        part[n, 0, i] = min(part[n, 0, i], mn[j])
+        part[n, 1, i] = max(part[n, 1, i], mx[j])
+    nonfinite[n] = bad
+
+
+def ranges(f: np.ndarray, nthreads: int | None = None) -> np.ndarray:
+    """Per-dimension minimum and maximum of ``f`` ``(N, P, d)``: ``(2, d)`` float32 (row 0:
+    min); all NaN when ``f`` holds a NaN or an infinity. One task per image
+    (:func:`ranges_image`, :func:`rloss._threads.run_tasks` on ``nthreads``)."""
+    n_img, _, d = f.shape
     part = np.empty((n_img, 2, d), np.float32)
     nonfinite = np.zeros(n_img, np.bool_)
-    for n in prange(n_img):
-        flat = f[n].reshape(npix * d)
-        mn = np.empty(run, np.float32)
-        mx = np.empty(run, np.float32)
-        z = np.zeros(run, np.float32)
-        for j in range(run):
-            x = flat[j % d]  # pixel 0, dimension j mod d
-            mn[j] = x
-            mx[j] = x
-        full = (npix // RANGE_BLOCK) * run
-        for start in range(0, full, run):
-            for j in range(run):
-                x = flat[start + j]
-                z[j] += x - x
-                mn[j] = x if x < mn[j] else mn[j]
-                mx[j] = x if x > mx[j] else mx[j]
-        for j in range(full, npix * d):  # the last partial run
-            x = flat[j]
-            i = j % d
-            z[i] += x - x
-            mn[i] = x if x < mn[i] else mn[i]
-            mx[i] = x if x > mx[i] else mx[i]
-        bad = False
-        for i in range(d):
-            part[n, 0, i] = mn[i]
-            part[n, 1, i] = mx[i]
-        for j in range(run):
-            i = j % d
-            bad |= z[j] != z[j]
-            part[n, 0, i] = min(part[n, 0, i], mn[j])
-            part[n, 1, i] = max(part[n, 1, i], mx[j])
-        nonfinite[n] = bad
-    out = part[0].copy()
-    for n in range(1, n_img):
-        for i in range(d):
-            out[0, i] = min(out[0, i], part[n, 0, i])
-            out[1, i] = max(out[1, i], part[n, 1, i])
+    run_tasks(lambda n, slot: ranges_image(f, n, part, nonfinite), n_img, nthreads)
     if nonfinite.any():
-        out[:] = np.nan
-    return out
+        return np.full((2, d), np.nan, np.float32)
+    return np.stack([part[:, 0].min(0), part[:, 1].max(0)])
 
 
 def pack_params(lo: np.ndarray, hi: np.ndarray, scale: np.ndarray) -> tuple | None:

@@ -1,7 +1,9 @@
 """Filtering on a built batch lattice: splat, (reduce), blur, slice.
 
-Values live as ``(vertices + 1, C)`` rows, class index innermost, all C
-channels in one pass; row V is the zero row that missing neighbours point to.
+Values live as ``(vertices + 1, padded(C))`` rows, class index innermost, all C
+channels in one pass, padded with zero columns to a multiple of
+:data:`~._simd.LANES` so that every row operation is a few fixed-width vector
+operations (:mod:`._simd`); row V is the zero row that missing neighbours point to.
 Splat scatters each pixel into its task's private rows (race-free); with more
 than one task per image the private rows are summed per vertex through the
 CSR vertex -> slots list in a fixed order (deterministic). Splat and slice move
@@ -19,20 +21,25 @@ from numba import njit, prange
 
 from rloss.lattice import _pool
 from rloss.lattice._numba._layout import CHUNK, TILE, task_pixels
+from rloss.lattice._numba._simd import LANES, padded, vaxpy, vblur, vscale
 
 
 @njit(cache=True)
 def scatter_tile(tmp, nb, e_first, dp1, lo, loc, bary, buf):
-    """Add the ``(nb, C)`` tile ``tmp`` (pixels from entry ``e_first`` on) to the
-    rows ``lo + loc[e]`` of ``buf``, weighted (class index innermost, vectorised)."""
-    nch = tmp.shape[1]
+    """Add the ``(nb, W)`` tile ``tmp`` (pixels from entry ``e_first`` on) to the
+    rows ``lo + loc[e]`` of ``buf``, weighted (``W`` = padded width, a multiple of
+    ``LANES``; one vector operation per block of channels)."""
+    width = buf.shape[1]
+    tf = tmp.reshape(-1)
+    bf = buf.reshape(-1)
     for b in range(nb):
         e0 = e_first + b * dp1
+        tb = b * width
         for r in range(dp1):
-            s = lo + loc[e0 + r]
+            s = (lo + loc[e0 + r]) * width
             w = bary[e0 + r]
-            for k in range(nch):
-                buf[s, k] += w * tmp[b, k]
+            for c in range(0, width, LANES):
+                vaxpy(bf, s + c, tf, tb + c, w)
 
 
 @njit(parallel=True, cache=True)
@@ -41,8 +48,9 @@ def splat(vals, A, buf):
     row ``A.loff[t] + A.loc[e]`` (``loc`` holds task-local ids).
 
     Pixels go in tiles of ``TILE``: the tile's ``(C, tile)`` input is read row
-    by row (contiguous) into a ``(tile, C)`` scratch, then each pixel adds its C
-    values to d+1 rows (class index innermost, vectorised).
+    by row (contiguous) into a ``(tile, W)`` scratch (``W = buf.shape[1]``, the
+    padded width; padding columns zero), then each pixel adds its values to
+    d+1 rows.
     """
     _, nch, npix = vals.shape
     dp1 = A.nbr.shape[0]
@@ -53,7 +61,7 @@ def splat(vals, A, buf):
         n, p0, p1 = task_pixels(t, nblk, npix)
         lo = loff[t]
         buf[lo : loff[t + 1]] = 0.0
-        tmp = np.empty((TILE, nch), vals.dtype)
+        tmp = np.zeros((TILE, buf.shape[1]), vals.dtype)
         for q0 in range(p0, p1, TILE):
             nb = min(TILE, p1 - q0)
             for k in range(nch):
@@ -83,12 +91,15 @@ def reduce_slots(buf, ptr, idx, out):
 @njit(cache=True)
 def blur_rows(src, dst, nbr, j, v0, v1, half):
     """Rows ``v0 .. v1`` of blur pass ``j``: ``dst[v] = src[v] + half (src[n1] + src[n2])``."""
-    nch = src.shape[1]
+    width = src.shape[1]
+    sf = src.reshape(-1)
+    df = dst.reshape(-1)
     for v in range(v0, v1):
-        n1 = nbr[j, v, 0]
-        n2 = nbr[j, v, 1]
-        for k in range(nch):
-            dst[v, k] = src[v, k] + half * (src[n1, k] + src[n2, k])
+        n1 = np.int64(nbr[j, v, 0]) * width
+        n2 = np.int64(nbr[j, v, 1]) * width
+        o = v * width
+        for c in range(0, width, LANES):
+            vblur(df, o + c, sf, o + c, n1 + c, n2 + c, half)
 
 
 @njit(parallel=True, cache=True)
@@ -99,10 +110,8 @@ def blur(a, b, nbr, half):
     """
     dp1 = nbr.shape[0]
     nvert = nbr.shape[1]
-    nch = a.shape[1]
     nchunk = (nvert + CHUNK - 1) // CHUNK
-    for k in range(nch):
-        b[nvert, k] = 0.0
+    b[nvert] = 0.0
     for j in range(dp1):
         src = a if j % 2 == 0 else b
         dst = b if j % 2 == 0 else a
@@ -114,19 +123,22 @@ def blur(a, b, nbr, half):
 @njit(cache=True)
 def gather_tile(lat, nb, e_first, dp1, ob, off, bary, alpha, acc):
     """``acc[b, :] = sum_r (alpha * bary) * lat[ob + off[e], :]`` for the ``nb`` pixels
-    whose entries start at ``e_first`` (class index innermost, vectorised)."""
-    nch = acc.shape[1]
+    whose entries start at ``e_first`` (rows of the padded width, vector blocks)."""
+    width = lat.shape[1]
+    lf = lat.reshape(-1)
+    af = acc.reshape(-1)
     for b in range(nb):
         e0 = e_first + b * dp1
-        v = ob + off[e0]
+        ab = b * width
+        v = (ob + off[e0]) * width
         w = bary[e0] * alpha
-        for k in range(nch):
-            acc[b, k] = w * lat[v, k]
+        for c in range(0, width, LANES):
+            vscale(af, ab + c, lf, v + c, w)
         for r in range(1, dp1):
-            v = ob + off[e0 + r]
+            v = (ob + off[e0 + r]) * width
             w = bary[e0 + r] * alpha
-            for k in range(nch):
-                acc[b, k] += w * lat[v, k]
+            for c in range(0, width, LANES):
+                vaxpy(af, ab + c, lf, v + c, w)
 
 
 @njit(parallel=True, cache=True)
@@ -144,7 +156,7 @@ def slice_values(lat, A, alpha, out):
     for t in prange(ntask):
         n, p0, p1 = task_pixels(t, nblk, npix)
         ob = A.obase[t]
-        acc = np.empty((TILE, nch), out.dtype)
+        acc = np.empty((TILE, lat.shape[1]), out.dtype)
         for q0 in range(p0, p1, TILE):
             nb = min(TILE, p1 - q0)
             gather_tile(lat, nb, (n * npix + q0) * dp1, dp1, ob, A.vid, A.bary, alpha, acc)
@@ -156,14 +168,15 @@ def slice_values(lat, A, alpha, out):
 def splat_blur(A, num_vertices, splat_fn, args, nch, dt):
     """Splat with ``splat_fn(*args, A, rows)``, reduce the task rows if needed, then blur.
 
-    Returns the blurred ``(V + 1, nch)`` rows (pooled memory).
+    Returns the blurred ``(V + 1, padded(nch))`` rows (pooled memory); the splat
+    zeroes the rows it fills, padding columns included.
     """
-    lat_a = _pool.empty((num_vertices + 1, nch), dt)
+    lat_a = _pool.empty((num_vertices + 1, padded(nch)), dt)
     if A.nblk == 1:
         splat_fn(*args, A, lat_a)
         lat_a[num_vertices] = 0.0
     else:
-        buf = _pool.empty((int(A.loff[-1]), nch), dt)
+        buf = _pool.empty((int(A.loff[-1]), padded(nch)), dt)
         splat_fn(*args, A, buf)
         reduce_slots(buf, A.ptr, A.idx, lat_a)
         del buf

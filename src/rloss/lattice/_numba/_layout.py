@@ -17,7 +17,7 @@ CHUNK = 2048
 #: Pixels embedded together, coordinate-major, so that the inner loops vectorise.
 EMBED = 64
 #: Pixels per tile in splat and slice (transposes (C, tile) <-> (tile, C) in cache).
-TILE = 16
+TILE = 64
 
 
 def blocks_per_image(n: int, p: int) -> int:

@@ -8,10 +8,10 @@ For values ``x`` ``(N, K, P)`` and weights ``r`` ``(N, P)``, per image::
 The splat reads ``x`` and ``r`` and forms the ``K + 1`` channels ``[x ⊙ r, r]``
 tile by tile (``splat_weighted``), and the slice contracts ``[W s, W r]``
 straight into ``e_n`` and ``g`` (``slice_quadratic``): no ``(N, K + 1, P)``
-tensor is written and no elementwise pass over one follows. On a lattice with
-one pixel block per image, ``quadratic_fused`` goes further: it builds,
-splats, blurs and slices one image per task in the scratch rows of the thread
-that runs it, never forming the batch lattice.
+tensor is written and no elementwise pass over one follows. On a lattice not
+built yet, ``quadratic_image`` goes further: it builds,
+splats, blurs and slices one image per task (``quadratic_image``) in the
+scratch rows of the thread that runs it, never forming the batch lattice.
 
 While the values pass through the splat, it folds raw value statistics into
 ``stats`` rows (float64, 4 per task or image): ``[0]`` min and ``[1]`` max of
@@ -23,49 +23,76 @@ anywhere is NaN or infinite. They cost no extra pass; what they mean (e.g.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from rloss.lattice._numba._build import local_packed_task, neighbours_local
 from rloss.lattice._numba._filter import blur_rows, gather_tile, scatter_tile
 from rloss.lattice._numba._layout import TILE, task_pixels
+from rloss.lattice._numba._simd import LANES, vquad
 
 
 @njit(cache=True)
 def splat_weighted_range(x, r, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp, stats):
     """Splat ``[x * r, r]`` of pixels ``p0 .. p1`` of image ``n`` (entries from
-    ``e_first``) into rows ``lo + loc[e]`` of ``buf``; ``tmp`` is ``(TILE, K + 1)``;
-    folds the statistics of the module docstring into ``stats`` (4,)."""
+    ``e_first``) into rows ``lo + loc[e]`` of ``buf``; ``tmp`` is ``(TILE, W)``
+    (``W = buf.shape[1]``, the padded width; its columns from ``K + 1`` on must
+    be zero); folds the statistics of the module docstring into ``stats`` (4,).
+
+    Per tile, the products and the per-pixel statistics are computed channel by
+    channel over contiguous pixel runs (``prod``, ``psum``, ... vectorise), the
+    products then copied into the pixel-major ``tmp`` rows the scatter reads;
+    the statistics are kept per tile slot and folded into ``stats`` at the end
+    (min, max and the NaN sum do not depend on the order).
+    """
     k = x.shape[1]
     dt = x.dtype
+    rr = np.empty(TILE, dt)
+    prod = np.empty(TILE, dt)
     psum = np.empty(TILE, dt)
     pmin = np.empty(TILE, dt)
     pmax = np.empty(TILE, dt)
+    smin = np.full(TILE, np.inf)
+    smax = np.full(TILE, -np.inf)
+    serr = np.zeros(TILE)
+    snan = np.zeros(TILE)
     for q0 in range(p0, p1, TILE):
         nb = min(TILE, p1 - q0)
         for b in range(nb):
-            tmp[b, k] = r[n, q0 + b]
+            rr[b] = r[n, q0 + b]
             v = x[n, 0, q0 + b]
             psum[b] = v
             pmin[b] = v
             pmax[b] = v
-            tmp[b, 0] = v * tmp[b, k]
+            prod[b] = v * rr[b]
+        for b in range(nb):
+            tmp[b, 0] = prod[b]
+            tmp[b, k] = rr[b]
         for c in range(1, k):
             for b in range(nb):
                 v = x[n, c, q0 + b]
-                tmp[b, c] = v * tmp[b, k]
+                prod[b] = v * rr[b]
                 psum[b] += v
                 pmin[b] = v if v < pmin[b] else pmin[b]
                 pmax[b] = v if v > pmax[b] else pmax[b]
+            for b in range(nb):
+                tmp[b, c] = prod[b]
         for b in range(nb):
             sb = np.float64(psum[b])
-            stats[3] += sb - sb
-            if tmp[b, k] > 0:
-                stats[0] = min(stats[0], np.float64(pmin[b]))
-                stats[1] = max(stats[1], np.float64(pmax[b]))
-                stats[2] = max(stats[2], abs(sb - 1.0))
+            snan[b] += sb - sb
+            inside = rr[b] > 0
+            lo_b = np.float64(pmin[b])
+            hi_b = np.float64(pmax[b])
+            er_b = abs(sb - 1.0)
+            smin[b] = lo_b if inside and lo_b < smin[b] else smin[b]
+            smax[b] = hi_b if inside and hi_b > smax[b] else smax[b]
+            serr[b] = er_b if inside and er_b > serr[b] else serr[b]
         scatter_tile(tmp, nb, e_first + (q0 - p0) * dp1, dp1, lo, loc, bary, buf)
+    for b in range(TILE):
+        stats[3] += snan[b]
+        stats[0] = min(stats[0], smin[b])
+        stats[1] = max(stats[1], smax[b])
+        stats[2] = max(stats[2], serr[b])
 
 
 @njit(cache=True)
@@ -104,7 +131,7 @@ def splat_weighted(x, r, stats, A, buf):
         n, p0, p1 = task_pixels(t, nblk, npix)
         lo = loff[t]
         buf[lo : loff[t + 1]] = 0.0
-        tmp = np.empty((TILE, k + 1), x.dtype)
+        tmp = np.zeros((TILE, buf.shape[1]), x.dtype)
         e_first = (n * npix + p0) * dp1
         splat_weighted_range(x, r, n, p0, p1, e_first, dp1, lo, A.loc, A.bary, buf, tmp, stats[t])
 
@@ -140,20 +167,47 @@ def slice_channel_dot(lat, ch, A, alpha, r, part):
 @njit(cache=True)
 def quadratic_range(lat, dp1, off, ob, bary, alpha, x, r, n, p0, p1, e_first, c, want, grad):
     """Slice and contract pixels ``p0 .. p1`` of image ``n`` (see ``slice_quadratic``);
-    returns their ``Σ_k s_k (W r − W s_k)`` (float64 sum of per-tile sums)."""
+    returns their ``Σ_k s_k (W r − W s_k)``.
+
+    Per tile, the sliced ``(tile, W)`` rows are transposed to ``(W, tile)`` so
+    that the contraction runs over ``LANES`` pixels at a time (:func:`~._simd.vquad`),
+    with one partial sum per lane; a tile's sum is its lanes', in lane order,
+    then the remainder pixels' (float32), and tiles are summed in float64.
+    """
     k = x.shape[1]
+    npix = x.shape[2]
+    width = lat.shape[1]
     two = x.dtype.type(2.0)
-    acc = np.empty((TILE, k + 1), x.dtype)
+    acc = np.empty((TILE, width), x.dtype)
+    tr = np.empty((k + 1, TILE), x.dtype)
+    lanes = np.empty(LANES, x.dtype)
+    xf = x.reshape(-1)
+    rf = r.reshape(-1)
+    gf = grad.reshape(-1)
+    trf = tr.reshape(-1)
     total = 0.0
     for q0 in range(p0, p1, TILE):
         nb = min(TILE, p1 - q0)
         gather_tile(lat, nb, e_first + (q0 - p0) * dp1, dp1, ob, off, bary, alpha, acc)
-        tile = x.dtype.type(0.0)
-        for j in range(k):
+        for j in range(k + 1):
             for b in range(nb):
+                tr[j, b] = acc[b, j]
+        lanes[:] = 0.0
+        nv = nb - nb % LANES
+        rb0 = n * npix + q0
+        for j in range(k):
+            xb = (n * k + j) * npix + q0
+            for b in range(0, nv, LANES):
+                vquad(xf, xb + b, rf, rb0 + b, trf, k * TILE + b, j * TILE + b, lanes, gf,
+                      xb + b, c, want)  # fmt: skip
+        tile = x.dtype.type(0.0)
+        for i in range(LANES):
+            tile += lanes[i]
+        for j in range(k):
+            for b in range(nv, nb):
                 rb = r[n, q0 + b]
-                wr = acc[b, k]
-                ws = acc[b, j]
+                wr = tr[k, b]
+                ws = tr[j, b]
                 tile += x[n, j, q0 + b] * rb * (wr - ws)
                 if want:
                     grad[n, j, q0 + b] = c * rb * (wr - two * ws)
@@ -182,15 +236,16 @@ def slice_quadratic(lat, A, alpha, x, r, coef, want, grad, part):
         )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
-def quadratic_fused(
-    feats, scale, pbase, plim, pu, alpha, x, r, normalize, grad_scale, want,
+@njit(cache=True, nogil=True)
+def quadratic_image(
+    n, slot, feats, scale, pbase, plim, pu, alpha, x, r, normalize, grad_scale, want,
     grad, part, volume, stats, counts, s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
 ):  # fmt: skip
-    """Build, splat, blur and slice one image per task, never forming a batch lattice.
+    """Build, splat, blur and slice image ``n`` in scratch row ``slot``, never forming a
+    batch lattice (one task of :func:`rloss._threads.run_tasks`; releases the GIL).
 
-    Each image's entries, keys, table, neighbours and lattice rows live in the
-    scratch row ``s_*[thread]`` of the thread that runs it, so they stay in that
+    The image's entries, keys, table, neighbours and lattice rows live in the
+    scratch rows ``s_*[slot]`` of the thread that runs it, so they stay in that
     core's cache from the build to the slice. The vertex numbering and every
     floating-point operation are those of the batch path with one block per
     image (``build_local_packed`` ... ``slice_quadratic``): results are identical.
@@ -200,38 +255,36 @@ def quadratic_fused(
     fit the scratch rows (``s_lat_a.shape[1] - 1``), the image is left for the
     caller to rerun with larger ones. ``stats[n]`` gets the image's statistics.
     """
-    n_img, npix, d = feats.shape
-    dp1 = d + 1
+    npix = feats.shape[1]
+    dp1 = feats.shape[2] + 1
     k = x.shape[1]
     rows = s_lat_a.shape[1]
     half = x.dtype.type(0.5)
     tiny = np.finfo(x.dtype).tiny
-    for n in prange(n_img):
-        tid = numba.get_thread_id()
-        loc, bary, hh = s_loc[tid], s_bary[tid], s_hh[tid]
-        cnt, table = local_packed_task(
-            feats, scale, n, 0, npix, 0, loc, bary, hh, pbase, plim, pu, s_table[tid]
-        )
-        counts[n] = cnt
-        if cnt < 0 or cnt + 1 > rows:
-            continue
-        nbr = s_nbr[tid]
-        neighbours_local(hh, cnt, table, pu, nbr)
-        lat_a, lat_b = s_lat_a[tid], s_lat_b[tid]
-        lat_a[: cnt + 1] = 0.0
-        tmp = np.empty((TILE, k + 1), x.dtype)
-        splat_weighted_range(x, r, n, 0, npix, 0, dp1, 0, loc, bary, lat_a, tmp, stats[n])
-        lat_b[cnt] = 0.0
-        for j in range(dp1):
-            if j % 2 == 0:
-                blur_rows(lat_a, lat_b, nbr, j, 0, cnt, half)
-            else:
-                blur_rows(lat_b, lat_a, nbr, j, 0, cnt, half)
-        lat = lat_b if dp1 % 2 == 1 else lat_a
-        vol = 1.0
-        if normalize:
-            vol = channel_dot_range(lat, k, dp1, loc, 0, bary, alpha, r, n, 0, npix, 0)
-            vol = max(vol, tiny)
-        c = x.dtype.type(grad_scale / vol)
-        part[n] = quadratic_range(lat, dp1, loc, 0, bary, alpha, x, r, n, 0, npix, 0, c, want, grad)
-        volume[n] = vol
+    loc, bary, hh = s_loc[slot], s_bary[slot], s_hh[slot]
+    cnt, table = local_packed_task(
+        feats, scale, n, 0, npix, 0, loc, bary, hh, pbase, plim, pu, s_table[slot]
+    )
+    counts[n] = cnt
+    if cnt < 0 or cnt + 1 > rows:
+        return
+    nbr = s_nbr[slot]
+    neighbours_local(hh, cnt, table, pu, nbr)
+    lat_a, lat_b = s_lat_a[slot], s_lat_b[slot]
+    lat_a[: cnt + 1] = 0.0
+    tmp = np.zeros((TILE, lat_a.shape[1]), x.dtype)
+    splat_weighted_range(x, r, n, 0, npix, 0, dp1, 0, loc, bary, lat_a, tmp, stats[n])
+    lat_b[cnt] = 0.0
+    for j in range(dp1):
+        if j % 2 == 0:
+            blur_rows(lat_a, lat_b, nbr, j, 0, cnt, half)
+        else:
+            blur_rows(lat_b, lat_a, nbr, j, 0, cnt, half)
+    lat = lat_b if dp1 % 2 == 1 else lat_a
+    vol = 1.0
+    if normalize:
+        vol = channel_dot_range(lat, k, dp1, loc, 0, bary, alpha, r, n, 0, npix, 0)
+        vol = max(vol, tiny)
+    c = x.dtype.type(grad_scale / vol)
+    part[n] = quadratic_range(lat, dp1, loc, 0, bary, alpha, x, r, n, 0, npix, 0, c, want, grad)
+    volume[n] = vol

@@ -4,9 +4,11 @@
 pass, which also rejects NaN/Inf); the batch lattice (:class:`~._build.LatticeArrays`)
 is built on first use: :meth:`NumbaLattice.apply`, a second
 :meth:`NumbaLattice.quadratic_form`, or reading :attr:`NumbaLattice.arrays`.
-The first :meth:`~NumbaLattice.quadratic_form` on a lattice with one pixel
-block per image instead runs build-to-slice image by image
-(:func:`~._quadratic.quadratic_fused`) and keeps nothing; a lattice used
+The first :meth:`~NumbaLattice.quadratic_form` on a lattice instead runs
+build-to-slice image by image, each image one task with its own one-block
+numbering, whatever the batch size
+(:func:`~._quadratic.quadratic_image`, one task per image on
+:func:`rloss._threads.run_tasks`) and keeps nothing; a lattice used
 again is built once and reused.
 """
 
@@ -14,12 +16,11 @@ from __future__ import annotations
 
 import logging
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
 
-from rloss._threads import numba_threads
+from rloss._threads import get_numba_threads, numba_threads, run_tasks
 from rloss.lattice import _pool
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions
 from rloss.lattice._numba import _quadratic as Q
@@ -32,6 +33,7 @@ from rloss.lattice._numba._build import (
 from rloss.lattice._numba._embed import pack_params, ranges, scales
 from rloss.lattice._numba._filter import slice_values, splat, splat_blur
 from rloss.lattice._numba._layout import blocks_per_image
+from rloss.lattice._numba._simd import padded
 
 __all__ = ["CHECKS_FINITE", "NumbaLattice", "build"]
 
@@ -52,7 +54,7 @@ def kernels_cached() -> bool:
     unknown numba layout this says "cached" rather than guess.
     """
     try:
-        return bool(Q.quadratic_fused._cache._cache_file._load_index())
+        return bool(Q.quadratic_image._cache._cache_file._load_index())
     except Exception:  # numba internals changed: say nothing rather than fail
         return True
 
@@ -61,8 +63,10 @@ class CompileNotice:
     """Say once, before the first kernel call, that the kernels are being compiled.
 
     Numba keeps compiled kernels on disk (``cache=True``); with an empty or stale
-    cache the first lattice compiles for about a minute with no other sign of
-    life. One instance per process (:data:`COMPILE_NOTICE`) gives the notice at
+    cache the first lattice compiles what its call needs with no other sign of
+    life: a DenseCRF loss call (the range pass and the per-image fused kernel,
+    no parallel kernels) took 25 s on a 2-core AMD EPYC (39.6 s before they ran
+    as per-image tasks), a filter call compiles the batch-lattice kernels too. One instance per process (:data:`COMPILE_NOTICE`) gives the notice at
     most once, as a warning on the ``rloss.lattice`` logger (stderr unless
     logging is configured otherwise).
 
@@ -71,7 +75,7 @@ class CompileNotice:
     """
 
     MESSAGE = (
-        "rloss: compiling the CPU lattice kernels (first run only, about a minute; "
+        "rloss: compiling the CPU lattice kernels (first run only, about half a minute; "
         "later runs load them from numba's cache)"
     )
 
@@ -116,8 +120,7 @@ class NumbaLattice:
         n_img, npix, d = f.shape
         dp1 = d + 1
         self.options = options
-        with self._threads(n_img * npix):
-            rng = ranges(f)
+        rng = ranges(f, 1 if n_img * npix < options.serial_below else None)
         scale = scales(d)
         if not np.isfinite(rng).all():
             raise ValueError("features contains NaN or Inf values")
@@ -281,7 +284,6 @@ class NumbaLattice:
             self.options.fused
             and not self.built
             and not self._fused_once
-            and self.nblk == 1
             and self._pack is not None
         ):
             # once: a lattice used again is worth building (and keeping)
@@ -326,9 +328,10 @@ class NumbaLattice:
         pbase, plim, pu = self._pack
         hint = self.options.hint
         min_table = self.options.min_table
-        # scratch rows per thread (ids < NUMBA_NUM_THREADS); only touched pages
-        # cost memory, and the pool keeps them between calls
-        slots = numba.config.NUMBA_NUM_THREADS
+        # scratch rows per thread of run_tasks; only touched pages cost memory,
+        # and the pool keeps them between calls
+        nthreads = 1 if n_img * npix < self.options.serial_below else get_numba_threads()
+        slots = max(1, min(nthreads, n_img))
         nent = npix * dp1
         cap0 = first_table_capacity(nent, hint.per_task, min_table)
         rows = min(nent, max(2 * hint.per_task, min_table)) + 1
@@ -342,29 +345,29 @@ class NumbaLattice:
         s_hh = _pool.empty((slots, nent), np.int64)
         s_table = _pool.empty((slots, 2 * cap0), np.int64)
         self.fused_passes = 0
-        with self._threads(n_img * npix):
-            for _ in range(2):  # a second pass only if the rows were too few
-                s_nbr = _pool.empty((slots, dp1, rows, 2), np.int32)
-                s_lat_a = _pool.empty((slots, rows, k + 1), dt)
-                s_lat_b = _pool.empty((slots, rows, k + 1), dt)
-                Q.stats_init(stats)
-                self.fused_passes += 1
-                Q.quadratic_fused(
-                    f, self._scale, pbase, plim, pu, self.alpha, p, r, bool(normalize),
-                    float(grad_scale or 0.0), want, grad, part, volume, stats, counts,
-                    s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
-                )  # fmt: skip
-                if (counts < 0).any():
-                    if self.options.keys == "packed":
-                        raise ValueError(
-                            "keys='packed' was asked for, but a lattice key falls outside "
-                            "the packable range; use keys='auto'"
-                        )
-                    return None
-                hint.update(int(counts.max()))
-                if counts.max() + 1 <= rows:
-                    break
-                rows = int(counts.max()) + 1
+        for _ in range(2):  # a second pass only if the rows were too few
+            s_nbr = _pool.empty((slots, dp1, rows, 2), np.int32)
+            s_lat_a = _pool.empty((slots, rows, padded(k + 1)), dt)
+            s_lat_b = _pool.empty((slots, rows, padded(k + 1)), dt)
+            Q.stats_init(stats)
+            self.fused_passes += 1
+            args = (
+                f, self._scale, pbase, plim, pu, self.alpha, p, r, bool(normalize),
+                float(grad_scale or 0.0), want, grad, part, volume, stats, counts,
+                s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
+            )  # fmt: skip
+            run_tasks(lambda n, slot, a=args: Q.quadratic_image(n, slot, *a), n_img, nthreads)
+            if (counts < 0).any():
+                if self.options.keys == "packed":
+                    raise ValueError(
+                        "keys='packed' was asked for, but a lattice key falls outside "
+                        "the packable range; use keys='auto'"
+                    )
+                return None
+            hint.update(int(counts.max()))
+            if counts.max() + 1 <= rows:
+                break
+            rows = int(counts.max()) + 1
         value = torch.from_numpy((part / volume).astype(dt))
         vol = torch.from_numpy(volume.astype(dt))
         return value, vol, torch.from_numpy(grad) if want else None, Q.stats_summary(stats)

@@ -1,0 +1,165 @@
+"""Fixed-width vector operations on lattice rows, emitted as LLVM vector IR.
+
+Lattice rows hold ``C`` value channels padded to ``padded(C)``, a multiple of
+:data:`LANES` (the padding columns stay zero). Every row operation of the
+splat, blur and slice is one of the few below, applied to blocks of
+``LANES`` consecutive channels: one ``<LANES x float>`` load/multiply/add/store
+each, whatever the CPU (LLVM lowers an 8-wide vector to one AVX register, two
+SSE registers or one half of an AVX-512 register).
+
+Why not plain loops: numba does not run LLVM's SLP vectoriser, and its loop
+vectoriser, given a channel loop of a run-time length such as 22, emits a
+64-wide main loop that never runs, an 8-wide epilogue and a scalar
+remainder with aliasing checks around them: measured on the DenseCRF splat
+(AMD EPYC Zen 5, 65536 pixels x 6 vertices x 22 channels), 4.1 ms per image
+against 0.9 ms with these operations. The arithmetic is the scalar code's,
+element by element (separate multiply and add, no FMA contraction), so the
+results are bitwise those of the scalar loops they replace.
+
+Arrays are flat (1-D, C-contiguous) and indices are element offsets; there
+is no bounds check: the callers own the layout (``row * width + block``).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+#: Channels per vector block (rows are padded to a multiple of it).
+LANES = 8
+
+_I32 = ir.IntType(32)
+
+
+def padded(channels: int) -> int:
+    """Row width for ``channels`` value channels: the next multiple of :data:`LANES`."""
+    return -(-int(channels) // LANES) * LANES
+
+
+def _vec_ptr(context, builder, aryty, ary, idx):
+    """Pointer to the ``LANES``-vector starting at element ``idx`` of a flat array."""
+    a = context.make_array(aryty)(context, builder, ary)
+    elt = context.get_data_type(aryty.dtype)
+    vty = ir.VectorType(elt, LANES)
+    p = builder.gep(a.data, [idx])
+    return builder.bitcast(p, vty.as_pointer()), vty
+
+
+def _broadcast(builder, vty, value):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    mask = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), mask)
+
+
+def _align(aryty) -> int:
+    return aryty.dtype.bitwidth // 8
+
+
+def _check(*arys):
+    for a in arys:
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"):
+            raise TypeError("vector row operations take flat C-contiguous arrays")
+        if not isinstance(a.dtype, types.Float) or a.dtype != arys[0].dtype:
+            raise TypeError("vector row operations take float arrays of one dtype")
+
+
+@intrinsic
+def vaxpy(typingctx, dst, di, src, si, w):
+    """``dst[di : di+LANES] += w * src[si : si+LANES]``."""
+    _check(dst, src)
+    sig = types.void(dst, types.int64, src, types.int64, dst.dtype)
+
+    def codegen(context, builder, signature, args):
+        d, di_, s, si_, w_ = args
+        al = _align(signature.args[0])
+        dp, vty = _vec_ptr(context, builder, signature.args[0], d, di_)
+        sp, _ = _vec_ptr(context, builder, signature.args[2], s, si_)
+        acc = builder.load(dp, align=al)
+        val = builder.load(sp, align=al)
+        builder.store(builder.fadd(acc, builder.fmul(_broadcast(builder, vty, w_), val)), dp, align=al)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vscale(typingctx, dst, di, src, si, w):
+    """``dst[di : di+LANES] = w * src[si : si+LANES]``."""
+    _check(dst, src)
+    sig = types.void(dst, types.int64, src, types.int64, dst.dtype)
+
+    def codegen(context, builder, signature, args):
+        d, di_, s, si_, w_ = args
+        al = _align(signature.args[0])
+        dp, vty = _vec_ptr(context, builder, signature.args[0], d, di_)
+        sp, _ = _vec_ptr(context, builder, signature.args[2], s, si_)
+        val = builder.load(sp, align=al)
+        builder.store(builder.fmul(_broadcast(builder, vty, w_), val), dp, align=al)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vblur(typingctx, dst, di, src, vi, n1, n2, half):
+    """``dst[di:+LANES] = src[vi:+LANES] + half * (src[n1:+LANES] + src[n2:+LANES])``."""
+    _check(dst, src)
+    sig = types.void(dst, types.int64, src, types.int64, types.int64, types.int64, dst.dtype)
+
+    def codegen(context, builder, signature, args):
+        d, di_, s, vi_, n1_, n2_, h_ = args
+        al = _align(signature.args[0])
+        dp, vty = _vec_ptr(context, builder, signature.args[0], d, di_)
+        sty = signature.args[2]
+        a = builder.load(_vec_ptr(context, builder, sty, s, vi_)[0], align=al)
+        b = builder.load(_vec_ptr(context, builder, sty, s, n1_)[0], align=al)
+        c = builder.load(_vec_ptr(context, builder, sty, s, n2_)[0], align=al)
+        out = builder.fadd(a, builder.fmul(_broadcast(builder, vty, h_), builder.fadd(b, c)))
+        builder.store(out, dp, align=al)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vquad(typingctx, x, xi, r, ri, t, wri, wsi, acc, grad, gi, c, want):
+    """The contraction of :func:`~._quadratic.quadratic_range` for ``LANES`` pixels.
+
+    With ``wr = t[wri:+LANES]`` (``W r``) and ``ws = t[wsi:+LANES]`` (``W s_k``)::
+
+        acc[0:LANES] += x[xi:+LANES] * r[ri:+LANES] * (wr - ws)
+        grad[gi:+LANES] = c * r * (wr - 2 ws)          (only when ``want``)
+
+    evaluated left to right as the scalar expressions are.
+    """
+    _check(x, r, t, acc, grad)
+    sig = types.void(
+        x, types.int64, r, types.int64, t, types.int64, types.int64, acc, grad, types.int64,
+        x.dtype, types.boolean,
+    )  # fmt: skip
+
+    def codegen(context, builder, signature, args):
+        xa, xi_, ra, ri_, ta, wri_, wsi_, aa, ga, gi_, c_, want_ = args
+        A = signature.args
+        al = _align(A[0])
+        zero = ir.Constant(ir.IntType(64), 0)
+        xp, vty = _vec_ptr(context, builder, A[0], xa, xi_)
+        xv = builder.load(xp, align=al)
+        rv = builder.load(_vec_ptr(context, builder, A[2], ra, ri_)[0], align=al)
+        wr = builder.load(_vec_ptr(context, builder, A[4], ta, wri_)[0], align=al)
+        ws = builder.load(_vec_ptr(context, builder, A[4], ta, wsi_)[0], align=al)
+        ap, _ = _vec_ptr(context, builder, A[7], aa, zero)
+        av = builder.load(ap, align=al)
+        av = builder.fadd(av, builder.fmul(builder.fmul(xv, rv), builder.fsub(wr, ws)))
+        builder.store(av, ap, align=al)
+        with builder.if_then(want_):
+            gp, _ = _vec_ptr(context, builder, A[8], ga, gi_)
+            two = _broadcast(builder, vty, ir.Constant(vty.element, 2.0))
+            g = builder.fmul(
+                builder.fmul(_broadcast(builder, vty, c_), rv), builder.fsub(wr, builder.fmul(two, ws))
+            )
+            builder.store(g, gp, align=al)
+        return context.get_dummy_value()
+
+    return sig, codegen
