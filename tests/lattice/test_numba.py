@@ -288,7 +288,8 @@ def test_volume_feature_dimensions_track_exact(d, gain, worst):
     c = float((out * want).sum() / (want * want).sum())
     assert gain[0] <= c <= gain[1]
     assert float((out - c * want).norm() / (c * want).norm()) <= worst
-    q, qe = nb.quadratic_form(probs, grad_scale=1.0), ex.quadratic_form(probs.double(), grad_scale=1.0)
+    q = nb.quadratic_form(probs, grad_scale=1.0)
+    qe = ex.quadratic_form(probs.double(), grad_scale=1.0)
     cq = float(q.value / qe.value)
     assert abs(cq - c) <= 0.1
     assert float((q.grad.double() - cq * qe.grad).norm() / (cq * qe.grad).norm()) <= worst + 0.1
@@ -312,7 +313,8 @@ def test_fused_quadratic_form_is_thread_count_independent():
     got = []
     for n in (1, 2):
         with numba_threads(n):
-            q = Lattice(feats, backend="numba", options=THREADED).quadratic_form(probs, grad_scale=1.0)
+            lat = Lattice(feats, backend="numba", options=THREADED)
+            q = lat.quadratic_form(probs, grad_scale=1.0)
         got.append(q)
     assert torch.equal(got[0].value, got[1].value) and torch.equal(got[0].grad, got[1].grad)
 
@@ -361,3 +363,25 @@ def _fork_child_sum(n):
     out = [0] * n
     run_tasks(lambda t, slot: out.__setitem__(t, t * t), n, 2)
     return sum(out)
+
+
+def test_stale_kernel_cache_is_dropped_when_any_source_changes(tmp_path):
+    # numba checks only the defining file's timestamp; a changed constant imported
+    # from a sibling module must still invalidate every cached kernel of the package
+    from rloss.lattice._numba import _invalidate_stale_cache
+
+    (tmp_path / "_layout.py").write_text("TILE = 64\n")
+    (tmp_path / "_filter.py").write_text("from _layout import TILE\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    kernel = cache / "_filter.splat-1.py311.nbi"
+    kernel.write_text("old")
+    assert _invalidate_stale_cache(tmp_path) is True  # no stamp yet: dropped
+    assert not kernel.exists()
+    kernel.write_text("compiled against TILE = 64")
+    assert _invalidate_stale_cache(tmp_path) is False  # unchanged sources: kept
+    assert kernel.exists()
+    (tmp_path / "_layout.py").write_text("TILE = 32\n")
+    assert _invalidate_stale_cache(tmp_path) is True
+    assert not kernel.exists() and not (cache / "_filter.splat-1.py311.nbc").exists()
+    assert (cache / "rloss-kernels.sha256").is_file()

@@ -47,7 +47,9 @@ to any more (no page faults through ~200 MB of fresh memory per step).
 
 Kernels are compiled with ``cache=True``: the first call in a new process
 loads them from numba's on-disk cache; with an empty cache the first lattice
-says once (logger ``rloss.lattice``) that it is compiling.
+says once (logger ``rloss.lattice``) that it is compiling. The cache is dropped
+when any source of the package changes (a hash stamp in ``__pycache__``), since
+numba itself only notices a change to the file that defines a kernel.
 
 Glossary of the short names in the kernels:
 
@@ -72,7 +74,47 @@ Glossary of the short names in the kernels:
 
 from __future__ import annotations
 
-from rloss.lattice._numba._build import BuildInfo, LatticeArrays
-from rloss.lattice._numba.lattice import CHECKS_FINITE, NumbaLattice, build
+import hashlib
+import os
+from pathlib import Path
+
+
+def _invalidate_stale_cache(package_dir: Path) -> bool:
+    """Drop numba's on-disk cache of this package when any of its sources changed.
+
+    numba keys a cached kernel on its own file's timestamp only, so a constant
+    that one module imports from another (``_layout.TILE`` in ``_filter``) can
+    change under a stale kernel, which then reads out of bounds. One stamp, the
+    hash of every source of the package, guards all of them. Returns whether the
+    cache was dropped; an unwritable ``__pycache__`` (numba then uses its own
+    per-user cache) is left to numba.
+    """
+    digest = hashlib.sha256()
+    for src in sorted(package_dir.glob("*.py")):
+        digest.update(src.name.encode())
+        digest.update(src.read_bytes())
+    stamp = package_dir / "__pycache__" / "rloss-kernels.sha256"
+    want = digest.hexdigest()
+    try:
+        if stamp.read_text() == want:
+            return False
+    except OSError:
+        pass
+    try:
+        stamp.parent.mkdir(exist_ok=True)
+        for cached in list(stamp.parent.glob("*.nbi")) + list(stamp.parent.glob("*.nbc")):
+            cached.unlink(missing_ok=True)
+        tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+        tmp.write_text(want)
+        os.replace(tmp, stamp)
+    except OSError:
+        return False
+    return True
+
+
+_invalidate_stale_cache(Path(__file__).resolve().parent)
+
+from rloss.lattice._numba._build import BuildInfo, LatticeArrays  # noqa: E402
+from rloss.lattice._numba.lattice import CHECKS_FINITE, NumbaLattice, build  # noqa: E402
 
 __all__ = ["CHECKS_FINITE", "BuildInfo", "LatticeArrays", "NumbaLattice", "build"]

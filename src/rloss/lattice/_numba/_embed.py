@@ -13,7 +13,6 @@ import numpy as np
 from numba import njit
 
 from rloss._threads import run_tasks
-
 from rloss.lattice._common import elevation_scales
 
 #: Vertex keys are packed into one int64 when their coordinate ranges need at most

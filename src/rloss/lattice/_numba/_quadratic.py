@@ -122,7 +122,7 @@ def splat_weighted(x, r, stats, A, buf):
     result equals ``splat`` of the concatenation bit for bit. ``stats[t]`` gets
     task ``t``'s value statistics.
     """
-    _, k, npix = x.shape
+    _, _k, npix = x.shape
     dp1 = A.nbr.shape[0]
     nblk = A.nblk
     loff = A.loff

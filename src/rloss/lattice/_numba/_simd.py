@@ -77,7 +77,8 @@ def vaxpy(typingctx, dst, di, src, si, w):
         sp, _ = _vec_ptr(context, builder, signature.args[2], s, si_)
         acc = builder.load(dp, align=al)
         val = builder.load(sp, align=al)
-        builder.store(builder.fadd(acc, builder.fmul(_broadcast(builder, vty, w_), val)), dp, align=al)
+        prod = builder.fmul(_broadcast(builder, vty, w_), val)
+        builder.store(builder.fadd(acc, prod), dp, align=al)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -156,9 +157,8 @@ def vquad(typingctx, x, xi, r, ri, t, wri, wsi, acc, grad, gi, c, want):
         with builder.if_then(want_):
             gp, _ = _vec_ptr(context, builder, A[8], ga, gi_)
             two = _broadcast(builder, vty, ir.Constant(vty.element, 2.0))
-            g = builder.fmul(
-                builder.fmul(_broadcast(builder, vty, c_), rv), builder.fsub(wr, builder.fmul(two, ws))
-            )
+            scaled = builder.fmul(_broadcast(builder, vty, c_), rv)
+            g = builder.fmul(scaled, builder.fsub(wr, builder.fmul(two, ws)))
             builder.store(g, gp, align=al)
         return context.get_dummy_value()
 

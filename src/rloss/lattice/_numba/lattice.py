@@ -66,7 +66,8 @@ class CompileNotice:
     cache the first lattice compiles what its call needs with no other sign of
     life: a DenseCRF loss call (the range pass and the per-image fused kernel,
     no parallel kernels) took 25 s on a 2-core AMD EPYC (39.6 s before they ran
-    as per-image tasks), a filter call compiles the batch-lattice kernels too. One instance per process (:data:`COMPILE_NOTICE`) gives the notice at
+    as per-image tasks), a filter call compiles the batch-lattice kernels too.
+    One instance per process (:data:`COMPILE_NOTICE`) gives the notice at
     most once, as a warning on the ``rloss.lattice`` logger (stderr unless
     logging is configured otherwise).
 
