@@ -64,6 +64,8 @@ MIN_CONTRAST = 110.0
 _SPLIT_CODES = {"train": 0, "val": 1}
 _NOISE_STD = 4.0
 _TEXTURE_AMPLITUDE = (22.0, 30.0)
+# share of the scribbled pixels that go to the objects' strokes (the rest: background)
+_OBJECT_SHARE = 0.5
 # colour axis along which each object class's texture modulates its base colour
 _CLASS_AXES = {
     1: np.array([1.0, -1.0, 0.0]),
@@ -151,6 +153,57 @@ def _material(rng, cls: int, colour: np.ndarray, yy, xx) -> np.ndarray:
     return colour[None, None, :] + tex[:, :, None] * axis[None, None, :]
 
 
+def _object_stroke(region: np.ndarray, rng: np.random.Generator, budget: int) -> np.ndarray:
+    """A 3 px wide stroke across an object, as a person would draw it: a straight line
+    through the object's centre along its long axis (jittered), kept at least
+    ``min(4, depth / 2)`` px inside the region and cut to about ``budget`` pixels."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    interior = dist >= min(4.0, 0.5 * float(dist.max()))
+    ys, xs = np.nonzero(region)
+    cy, cx = ys.mean(), xs.mean()
+    cov = np.cov(np.stack([ys - cy, xs - cx]))
+    _, vecs = np.linalg.eigh(cov)
+    angle = np.arctan2(vecs[0, -1], vecs[1, -1]) + rng.uniform(-0.35, 0.35)
+    yy, xx = np.mgrid[0:region.shape[0], 0:region.shape[1]]
+    along = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+    across = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+    half_len = max(1.0, budget / 6.0)  # 3 px wide: ~3 pixels per unit of length per side
+    stroke = interior & (np.abs(across) <= 1.5) & (np.abs(along) <= half_len)
+    if not stroke.any():  # a tiny object: its deepest pixel
+        stroke = dist == dist.max()
+    comp, n = ndimage.label(stroke)
+    if n > 1:  # keep the piece nearest the centre
+        d = np.hypot(yy - cy, xx - cx)
+        stroke = comp == comp[stroke][np.argmin(d[stroke])]
+    return stroke
+
+
+def _scribbles(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Scribbles covering about ``fraction`` of the pixels: a straight stroke across each
+    object (:func:`_object_stroke`, up to :data:`_OBJECT_SHARE` of the budget in all) and
+    strokes along the background's skeleton
+    (:func:`~rloss.data.scribble_synthesis.synthesize_scribbles`) for the rest."""
+    from scipy import ndimage
+
+    out = np.full(mask.shape, 255, dtype=np.uint8)
+    target = fraction * mask.size
+    comp, n = ndimage.label(mask > 0)
+    if n:
+        each = int(_OBJECT_SHARE * target / n)
+        for i in range(1, n + 1):
+            region = comp == i
+            out[_object_stroke(region, rng, each)] = mask[region][0]
+    bg = mask == 0
+    rest = target - np.count_nonzero(out != 255)
+    if bg.any() and rest > 0:
+        only_bg = np.where(bg, 0, 255).astype(np.uint8)
+        strokes = synthesize_scribbles(only_bg, fraction=min(1.0, rest / bg.sum()), seed=rng)
+        out[strokes == 0] = 0
+    return out
+
+
 def render_scene(
     seed: int,
     index: int,
@@ -233,7 +286,7 @@ def render_scene(
     image = ndimage.gaussian_filter(image, sigma=(0.6, 0.6, 0))
     image = image + rng.normal(0.0, _NOISE_STD, image.shape)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    scribble = synthesize_scribbles(mask, fraction=scribble_fraction, seed=rng)
+    scribble = _scribbles(mask, scribble_fraction, rng)
     return {"image": image, "mask": mask, "scribble": scribble, "name": f"{split}_{index:05d}"}
 
 
