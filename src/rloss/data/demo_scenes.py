@@ -226,7 +226,7 @@ def render_scene(
 
     Example:
         >>> s = render_scene(0, 3)
-        >>> s["image"].shape, s["mask"].shape, s["mask"].max() <= 4
+        >>> s["image"].shape, s["mask"].shape, bool(s["mask"].max() <= 4)
         ((64, 64, 3), (64, 64), True)
     """
     from scipy import ndimage
