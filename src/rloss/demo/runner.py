@@ -49,7 +49,7 @@ STAMP_FILE = "demo.json"
 #: per training iteration of the network (forward + backward + step, incl. validation
 #: and logging), the extra factor of an iteration with a regularizer, and fixed overhead
 #: (start-up, checkpoints, report).
-_COST = {"scene": 0.04, "iteration": 0.08, "regularizer": 1.3, "fixed": 25.0}
+_COST = {"scene": 0.015, "iteration": 0.08, "regularizer": 1.3, "fixed": 25.0}
 
 
 def expected_seconds(settings: Mapping[str, Any], *, ncut: bool = False) -> float:
