@@ -1,29 +1,30 @@
-"""The built-in demo data: textured objects on cluttered backgrounds, with exact masks and scribbles.
+"""The built-in demo data: textured objects on cluttered backgrounds, exact masks, scribbles.
 
 A miniature of the paper's setting (PASCAL VOC with scribbles), built so that a small
 network trained on a CPU for minutes can recognise the classes, while scribbles leave
 the objects' extent open and the image's colour edges define it:
 
 * **Classes are told by local texture, not by colour or shape.** Each object class has
-  its own texture family, brightness modulations of a few grey levels drawn with random
-  parameters per object: ``stripes`` (period 4-6 px, any orientation), ``dots`` (a
+  its own texture family, drawn with random parameters per object, which modulates the
+  object's colour by 22-30 levels along a class-specific colour axis: ``stripes`` (period 4-6 px, any orientation), ``dots`` (a
   rotated lattice of dots, period 5-7 px), ``checker`` (a rotated checkerboard, cells of
   2.5-3.5 px) and ``grain`` (pixel-scale random speckle). The background is smooth
   (low-frequency shading). Colours are drawn per image for every region, from the same
   distribution for every class, and shapes are random star-shaped blobs whatever the
   class: neither colour nor shape says which class an object is.
 * **Boundaries are colour edges.** An object's colour differs from the colour of every
-  region it lies on by at least :data:`MIN_CONTRAST` (RGB distance), far more than its
-  texture's modulation, so a pairwise colour term (DenseCRF, sigma_rgb ~ 15-30) finds its
+  region it lies on by at least :data:`MIN_CONTRAST` (RGB distance), about twice its
+  texture's modulation, so a pairwise colour term (DenseCRF, sigma_rgb ~ 30) finds its
   outline.
 * **Clutter.** The background is two materials split by a wavy curve and carries plain
   distractor blobs of other colours: colour edges that are not class edges, so that
   colour thresholds or "cut at every edge" do not solve the task.
-* **Sparse scribbles away from boundaries** (~3% of the pixels by default): one stroke
-  along the skeleton of each region (objects and background), at least 3 px from any
-  other region, by :func:`rloss.data.scribble_synthesis.synthesize_scribbles`. Objects do
-  not overlap and are at least ~9 px thick, so no stroke ever touches a class boundary,
-  and the strokes say nothing about where an object ends.
+* **Sparse scribbles away from boundaries** (~3% of the pixels by default), drawn as a
+  person would: a straight stroke across each object along its long axis (half of the
+  budget, :func:`_object_stroke`), and strokes along the background's skeleton for the
+  rest (:func:`rloss.data.scribble_synthesis.synthesize_scribbles`), all kept >= 4 px
+  (>= 2 px in thin objects) inside their region. Objects do not overlap, so no stroke
+  touches a class boundary, and the strokes say nothing about where an object ends.
 
 Everything is deterministic given ``seed`` (scene ``i`` of a split has its own random
 stream), and nothing is downloaded. :class:`SyntheticScenes` renders on the fly;

@@ -15,8 +15,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
