@@ -6,9 +6,10 @@ the objects' extent open and the image's colour edges define it:
 
 * **Classes are told by local texture, not by colour or shape.** Each object class has
   its own texture family, drawn with random parameters per object, which modulates the
-  object's colour by 22-30 levels along a class-specific colour axis: ``stripes`` (period 4-6 px, any orientation), ``dots`` (a
-  rotated lattice of dots, period 5-7 px), ``checker`` (a rotated checkerboard, cells of
-  2.5-3.5 px) and ``grain`` (pixel-scale random speckle). The background is smooth
+  object's colour by 22-30 levels along a class-specific colour axis: ``stripes``
+  (period 4-6 px, any orientation), ``dots`` (a rotated lattice of dots, period 5-7 px),
+  ``checker`` (a rotated checkerboard, cells of 2.5-3.5 px) and ``grain`` (pixel-scale
+  random speckle). The background is smooth
   (low-frequency shading). Colours are drawn per image for every region, from the same
   distribution for every class, and shapes are random star-shaped blobs whatever the
   class: neither colour nor shape says which class an object is.
