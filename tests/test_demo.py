@@ -72,8 +72,53 @@ def test_run_demo_refuses_foreign_folder(tmp_path):
         run_demo(tmp_path / "new", quick=True, device="tpu", log=lambda *_: None)
 
 
+def test_contour_figure_draws_outlines(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from rloss.demo.report import DEMO_PALETTE, plot_contour_grid
+
+    image = np.full((32, 32, 3), 90, np.uint8)
+    truth = np.zeros((32, 32), np.uint8)
+    truth[8:24, 8:24] = 1
+    pred = np.zeros_like(truth)
+    pred[10:20, 10:26] = 1
+    scribbles = np.full_like(truth, 255)
+    scribbles[15, 12:20] = 1
+    row = {"image": image, "scribbles": scribbles, "pce": pred, "ground truth": truth}
+    cols = ["image", "scribbles", "pce", "ground truth"]
+    out = plot_contour_grid([row], cols, tmp_path / "f.png", class_names=["bg", "thing"])
+    assert out == tmp_path / "f.png" and not list(tmp_path.glob(".*"))
+    red = np.asarray(DEMO_PALETTE[3:6])
+
+    def count(path, colour):
+        px = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int((np.abs(px - colour).sum(-1) < 40).sum()), int((px.min(-1) > 235).sum())
+
+    reds, _ = count(out, red)
+    # the same grid without objects: only the legend swatch is in the class colour
+    empty = {**row, "pce": np.zeros_like(truth), "ground truth": np.zeros_like(truth)}
+    bare = plot_contour_grid([empty], cols, tmp_path / "g.png", class_names=["bg", "thing"])
+    bare_reds, bare_whites = count(bare, red)
+    assert reds > bare_reds + 100  # the outlines of the class-1 regions
+    _, whites = count(out, np.zeros(3))
+    assert whites > bare_whites + 30  # the dashed truth outline over the prediction
+    with pytest.raises(ValueError):
+        plot_contour_grid([], cols, tmp_path / "h.png", class_names=["bg"])
+
+
+def test_expected_seconds_grows_with_the_work():
+    from rloss.demo.runner import expected_seconds
+
+    base = expected_seconds(demo_settings())
+    assert expected_seconds(demo_settings(quick=True)) < 90 < base
+    assert expected_seconds(demo_settings(overrides={"epochs": 20})) > base
+    assert expected_seconds(demo_settings(), ncut=True) > base
+
+
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path, capsys):
+def test_quick_demo_end_to_end(tmp_path, capfd):
+    capsys = capfd
     out = tmp_path / "demo"
     argv = [
         "demo",
@@ -87,8 +132,14 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         "1",
     ]
     assert main(argv) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "gap closed" in printed.lower() or "Gap closed" in printed
+    assert "expected about" in printed
+    # our progress lines, not the framework's chatter
+    for noise in ("GPU available", "TPU available", "Trainable params", "litlogger",
+                  "Trainer.fit` stopped", "FutureWarning"):
+        assert noise not in printed + captured.err, noise
     report = out / "report"
     for name in ("results.md", "results.json", "predictions.png", "curves.png", "gradient.png"):
         path = report / name

@@ -81,10 +81,10 @@ def test_phase1_run_folder(phase1):
     assert 0.0 <= metrics["miou"] <= 1.0 and metrics["sec_per_iter"] > 0
     assert list(metrics["per_class_iou"]) == [
         "background",
-        "ellipse",
-        "rectangle",
-        "triangle",
-        "cross",
+        "stripes",
+        "dots",
+        "checker",
+        "grain",
     ]
     assert [h["epoch"] for h in metrics["history"]] == [0, 1]
     assert math.isclose(metrics["miou"], phase1.metrics["miou"])

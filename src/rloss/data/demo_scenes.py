@@ -1,18 +1,31 @@
-"""The built-in demo data: generated scenes of textured shapes with exact masks and scribbles.
+"""The built-in demo data: textured objects on cluttered backgrounds, exact masks, scribbles.
 
-Each scene is a textured background (two materials split by a wavy curve) with one to
-three textured objects of four shape classes. The data are built to show what a CRF
-regulariser buys when training from scribbles:
+A miniature of the paper's setting (PASCAL VOC with scribbles), built so that a small
+network trained on a CPU for minutes can recognise the classes, while scribbles leave
+the objects' extent open and the image's colour edges define it:
 
-* **Boundaries align with colour edges.** An object's colour always differs clearly from
-  the background and the objects it lies on, so a pairwise colour term can find the edge.
-* **Colour does not tell the class.** Every class (background included) draws its colour
-  and texture (plain, stripes, checker, blotches) from the same distribution, so a network
-  must learn shape; the background also has internal colour edges that are not class edges.
-* **Thin parts.** Crosses have thin arms and rectangles can be thin bars.
-* **Sparse scribbles away from boundaries** (~3% of the pixels by default), synthesised by
-  :func:`rloss.data.scribble_synthesis.synthesize_scribbles`, so partial cross-entropy
-  alone gets the boundaries wrong.
+* **Classes are told by local texture, not by colour or shape.** Each object class has
+  its own texture family, drawn with random parameters per object, which modulates the
+  object's colour by 22-30 levels along a class-specific colour axis: ``stripes``
+  (period 4-6 px, any orientation), ``dots`` (a rotated lattice of dots, period 5-7 px),
+  ``checker`` (a rotated checkerboard, cells of 2.5-3.5 px) and ``grain`` (pixel-scale
+  random speckle). The background is smooth
+  (low-frequency shading). Colours are drawn per image for every region, from the same
+  distribution for every class, and shapes are random star-shaped blobs whatever the
+  class: neither colour nor shape says which class an object is.
+* **Boundaries are colour edges.** An object's colour differs from the colour of every
+  region it lies on by at least :data:`MIN_CONTRAST` (RGB distance), about twice its
+  texture's modulation, so a pairwise colour term (DenseCRF, sigma_rgb ~ 30) finds its
+  outline.
+* **Clutter.** The background is two materials split by a wavy curve and carries plain
+  distractor blobs of other colours: colour edges that are not class edges, so that
+  colour thresholds or "cut at every edge" do not solve the task.
+* **Sparse scribbles away from boundaries** (~3% of the pixels by default), drawn as a
+  person would: a straight stroke across each object along its long axis (half of the
+  budget, :func:`_object_stroke`), and strokes along the background's skeleton for the
+  rest (:func:`rloss.data.scribble_synthesis.synthesize_scribbles`), all kept >= 4 px
+  (>= 2 px in thin objects) inside their region. Objects do not overlap, so no stroke
+  touches a class boundary, and the strokes say nothing about where an object ends.
 
 Everything is deterministic given ``seed`` (scene ``i`` of a split has its own random
 stream), and nothing is downloaded. :class:`SyntheticScenes` renders on the fly;
@@ -36,93 +49,167 @@ from torch.utils.data import Dataset
 from rloss.data.scribble_synthesis import synthesize_scribbles
 
 __all__ = [
+    "MIN_CONTRAST",
     "SYNTHETIC_CLASSES",
     "SyntheticScenes",
     "generate_synthetic",
     "render_scene",
 ]
 
-#: Class names of the generated data, index = label value.
-SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "ellipse", "rectangle", "triangle", "cross")
+#: Class names of the generated data, index = label value (objects by texture family).
+SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "stripes", "dots", "checker", "grain")
 #: Format version written to ``synthetic.json`` (bump when scenes change).
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
+#: Minimum RGB distance between an object's colour and every colour it lies on.
+MIN_CONTRAST = 110.0
 
 _SPLIT_CODES = {"train": 0, "val": 1}
-# Shared colour palette: every class (background included) picks from it.
-_PALETTE = np.array(
-    [[200, 60, 50], [60, 160, 70], [60, 90, 200], [220, 200, 70], [150, 80, 170],
-     [70, 180, 190], [230, 140, 60], [120, 120, 120], [200, 200, 200], [90, 60, 40]],
-    dtype=np.float32,
-)
-_MIN_COLOUR_DIST = 70.0
+_NOISE_STD = 4.0
+_TEXTURE_AMPLITUDE = (22.0, 30.0)
+# share of the scribbled pixels that go to the objects' strokes (the rest: background)
+_OBJECT_SHARE = 0.5
+# colour axis along which each object class's texture modulates its base colour
+_CLASS_AXES = {
+    1: np.array([1.0, -1.0, 0.0]),
+    2: np.array([0.0, 1.0, -1.0]),
+    3: np.array([-1.0, 0.0, 1.0]),
+    4: np.array([1.0, 1.0, 1.0]),
+}
 
 
-def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """A zero-mean texture field ``(H, W)`` of amplitude ~1."""
-    kind = rng.integers(4)
+def _colour(rng: np.random.Generator, avoid: list[np.ndarray], min_dist: float) -> np.ndarray:
+    """A random RGB colour (each channel in [30, 225]) at least ``min_dist`` from ``avoid``."""
+    best, best_d = None, -1.0
+    for _ in range(200):
+        c = rng.uniform(30.0, 225.0, 3).astype(np.float32)
+        d = min((float(np.linalg.norm(c - a)) for a in avoid), default=np.inf)
+        if d >= min_dist:
+            return c
+        if d > best_d:
+            best, best_d = c, d
+    assert best is not None
+    return best
+
+
+def _rotated(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray):
+    theta = rng.uniform(0, np.pi)
+    c, s = np.cos(theta), np.sin(theta)
+    return xx * c + yy * s, -xx * s + yy * c
+
+
+def _texture(rng: np.random.Generator, cls: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """The zero-mean brightness modulation ``(H, W)`` of class ``cls`` (amplitude ~1)."""
     h, w = yy.shape
-    if kind == 0:  # plain (noise only)
-        return np.zeros((h, w), dtype=np.float32)
-    if kind == 1:  # stripes
-        theta = rng.uniform(0, np.pi)
-        period = rng.uniform(4.0, 10.0)
-        return np.sign(np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period))
-    if kind == 2:  # checker
-        period = rng.uniform(5.0, 12.0)
-        return ((np.floor(xx / period) + np.floor(yy / period)) % 2) * 2.0 - 1.0
-    # blotches: smooth random field
+    if cls == 1:  # stripes
+        u, _ = _rotated(rng, yy, xx)
+        period = rng.uniform(4.0, 6.0)
+        return np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi))
+    if cls == 2:  # dots on a rotated lattice
+        u, v = _rotated(rng, yy, xx)
+        period = rng.uniform(5.0, 7.0)
+        fu = (u / period + rng.random()) % 1.0 - 0.5
+        fv = (v / period + rng.random()) % 1.0 - 0.5
+        r2 = (fu * fu + fv * fv) * period * period
+        return 2.0 * np.exp(-r2 / (2 * 1.1**2)) - 0.5
+    if cls == 3:  # rotated checkerboard
+        u, v = _rotated(rng, yy, xx)
+        cell = rng.uniform(2.5, 3.5)
+        return ((np.floor(u / cell) + np.floor(v / cell)) % 2) * 2.0 - 1.0
+    if cls == 4:  # grain: pixel-scale speckle
+        return np.clip(rng.standard_normal((h, w)), -2.0, 2.0)
+    # background: smooth shading
     from scipy import ndimage
 
-    field = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 3.0)
+    field = ndimage.gaussian_filter(rng.standard_normal((h, w)), 6.0)
     return field / (np.abs(field).max() + 1e-6)
 
 
-def _material(rng, yy, xx, avoid: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """A (colour (3,), texture field (H, W, 3)) pair whose colour is far from ``avoid``."""
-    for _ in range(50):
-        base = _PALETTE[rng.integers(len(_PALETTE))] + rng.uniform(-15, 15, 3).astype(np.float32)
-        if all(np.linalg.norm(base - a) >= _MIN_COLOUR_DIST for a in avoid):
-            break
-    amp = rng.uniform(15.0, 40.0)
-    tex = _texture(rng, yy, xx).astype(np.float32) * amp
-    # texture modulates brightness (and slightly the hue) of the base colour
-    tint = rng.uniform(0.6, 1.0, 3).astype(np.float32)
-    return base, base[None, None, :] + tex[:, :, None] * tint[None, None, :]
+def _blob(rng: np.random.Generator, yy, xx, cy: float, cx: float, r: float) -> np.ndarray:
+    """A random star-shaped blob of mean radius ``r`` centred at ``(cy, cx)``."""
+    ang = np.arctan2(yy - cy, xx - cx)
+    dist = np.hypot(yy - cy, xx - cx)
+    stretch = rng.uniform(0.7, 1.0)
+    phi = rng.uniform(0, np.pi)
+    # an ellipse (axes 1, stretch) in polar form, times a few random harmonics
+    rad = r / np.sqrt(np.cos(ang - phi) ** 2 + (np.sin(ang - phi) / stretch) ** 2)
+    for k in (2, 3, 5):
+        rad = rad * (1.0 + rng.uniform(0.0, 0.12) * np.cos(k * ang + rng.uniform(0, 2 * np.pi)))
+    return dist <= rad
 
 
-def _shape(rng, cls: int, yy, xx, cy, cx, r) -> np.ndarray:
-    """Boolean mask of a shape of class ``cls`` centred at (cy, cx) with radius ``r``."""
-    theta = rng.uniform(0, np.pi)
-    c, s = np.cos(theta), np.sin(theta)
-    u = (xx - cx) * c + (yy - cy) * s
-    v = -(xx - cx) * s + (yy - cy) * c
-    if cls == 1:  # ellipse
-        a, b = r * rng.uniform(0.7, 1.0), r * rng.uniform(0.45, 0.9)
-        return (u / a) ** 2 + (v / b) ** 2 <= 1.0
-    if cls == 2:  # rectangle, possibly a thin bar
-        a = r * rng.uniform(0.7, 1.0)
-        b = r * (rng.uniform(0.12, 0.25) if rng.random() < 0.4 else rng.uniform(0.45, 0.85))
-        return (np.abs(u) <= a) & (np.abs(v) <= b)
-    if cls == 3:  # triangle
-        angles = theta + np.array([0.0, 2.1, 4.2]) + rng.uniform(-0.3, 0.3, 3)
-        px, py = cx + r * np.cos(angles), cy + r * np.sin(angles)
-        inside = np.ones_like(xx, dtype=bool)
-        sign = np.sign((px[1] - px[0]) * (py[2] - py[0]) - (py[1] - py[0]) * (px[2] - px[0]))
-        for i in range(3):
-            j = (i + 1) % 3
-            cross = (px[j] - px[i]) * (yy - py[i]) - (py[j] - py[i]) * (xx - px[i])
-            inside &= cross * sign >= 0
-        return inside
-    # cross with thin arms
-    t = max(1.5, r * rng.uniform(0.08, 0.2))
-    a = r * rng.uniform(0.8, 1.0)
-    return ((np.abs(u) <= a) & (np.abs(v) <= t)) | ((np.abs(v) <= a) & (np.abs(u) <= t))
+def _material(rng, cls: int, colour: np.ndarray, yy, xx) -> np.ndarray:
+    """``(H, W, 3)`` float image of a region of class ``cls`` with base colour ``colour``.
+
+    The texture modulates the base colour along the class's colour axis
+    (:data:`_CLASS_AXES`, jittered per object); the background's smooth shading
+    modulates brightness.
+    """
+    if cls:
+        amp = rng.uniform(*_TEXTURE_AMPLITUDE)
+        axis = _CLASS_AXES[cls] + rng.uniform(-0.15, 0.15, 3)
+    else:
+        amp = rng.uniform(8.0, 16.0)
+        axis = rng.uniform(0.7, 1.0, 3)
+    axis = (axis / np.linalg.norm(axis) * np.sqrt(3.0)).astype(np.float32)
+    tex = _texture(rng, cls, yy, xx).astype(np.float32) * np.float32(amp)
+    return colour[None, None, :] + tex[:, :, None] * axis[None, None, :]
+
+
+def _object_stroke(region: np.ndarray, rng: np.random.Generator, budget: int) -> np.ndarray:
+    """A 3 px wide stroke across an object, as a person would draw it: a straight line
+    through the object's centre along its long axis (jittered), kept at least
+    ``min(4, depth / 2)`` px inside the region and cut to about ``budget`` pixels."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    interior = dist >= min(4.0, 0.5 * float(dist.max()))
+    ys, xs = np.nonzero(region)
+    cy, cx = ys.mean(), xs.mean()
+    cov = np.cov(np.stack([ys - cy, xs - cx]))
+    _, vecs = np.linalg.eigh(cov)
+    angle = np.arctan2(vecs[0, -1], vecs[1, -1]) + rng.uniform(-0.35, 0.35)
+    yy, xx = np.mgrid[0:region.shape[0], 0:region.shape[1]]
+    along = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+    across = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+    half_len = max(1.0, budget / 6.0)  # 3 px wide: ~3 pixels per unit of length per side
+    stroke = interior & (np.abs(across) <= 1.5) & (np.abs(along) <= half_len)
+    if not stroke.any():  # a tiny object: its deepest pixel
+        stroke = dist == dist.max()
+    comp, n = ndimage.label(stroke)
+    if n > 1:  # keep the piece nearest the centre
+        d = np.hypot(yy - cy, xx - cx)
+        stroke = comp == comp[stroke][np.argmin(d[stroke])]
+    return stroke
+
+
+def _scribbles(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Scribbles covering about ``fraction`` of the pixels: a straight stroke across each
+    object (:func:`_object_stroke`, up to :data:`_OBJECT_SHARE` of the budget in all) and
+    strokes along the background's skeleton
+    (:func:`~rloss.data.scribble_synthesis.synthesize_scribbles`) for the rest."""
+    from scipy import ndimage
+
+    out = np.full(mask.shape, 255, dtype=np.uint8)
+    target = fraction * mask.size
+    comp, n = ndimage.label(mask > 0)
+    if n:
+        each = int(_OBJECT_SHARE * target / n)
+        for i in range(1, n + 1):
+            region = comp == i
+            out[_object_stroke(region, rng, each)] = mask[region][0]
+    bg = mask == 0
+    rest = target - np.count_nonzero(out != 255)
+    if bg.any() and rest > 0:
+        only_bg = np.where(bg, 0, 255).astype(np.uint8)
+        strokes = synthesize_scribbles(only_bg, fraction=min(1.0, rest / bg.sum()), seed=rng)
+        out[strokes == 0] = 0
+    return out
 
 
 def render_scene(
     seed: int,
     index: int,
-    size: tuple[int, int] = (128, 128),
+    size: tuple[int, int] = (64, 64),
     split: str = "train",
     scribble_fraction: float = 0.03,
 ) -> dict[str, Any]:
@@ -138,7 +225,14 @@ def render_scene(
     Returns:
         ``{"image": uint8 (H, W, 3), "mask": uint8 (H, W) class indices 0..4,
         "scribble": uint8 (H, W) (255 = unlabelled), "name": str}``.
+
+    Example:
+        >>> s = render_scene(0, 3)
+        >>> s["image"].shape, s["mask"].shape, bool(s["mask"].max() <= 4)
+        ((64, 64, 3), (64, 64), True)
     """
+    from scipy import ndimage
+
     h, w = (int(v) for v in size)
     if h < 32 or w < 32:
         raise ValueError(f"size: want (H, W) with H, W >= 32, got {tuple(size)}")
@@ -146,39 +240,55 @@ def render_scene(
         raise ValueError(f"split: want one of {tuple(_SPLIT_CODES)}, got {split!r}")
     rng = np.random.default_rng([int(seed), _SPLIT_CODES[split], int(index)])
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    scale = float(min(h, w))
 
-    # background: two materials split by a wavy curve
-    c1, bg1 = _material(rng, yy, xx, [])
-    c2, bg2 = _material(rng, yy, xx, [c1])
-    phi = rng.uniform(0, np.pi)
-    offset = rng.uniform(-0.3, 0.3) * min(h, w)
-    wave = rng.uniform(3, 10) * np.sin(2 * np.pi * (yy * np.cos(phi) - xx * np.sin(phi))
-                                       / rng.uniform(30, 80))
+    # background: two smooth materials split by a wavy curve
+    c1 = _colour(rng, [], 0.0)
+    c2 = _colour(rng, [c1], 45.0)
+    phi = rng.uniform(0, 2 * np.pi)
+    offset = rng.uniform(-0.35, 0.35) * scale
+    wave = rng.uniform(2, 6) * np.sin(
+        2 * np.pi * (yy * np.cos(phi) - xx * np.sin(phi)) / rng.uniform(25, 60))
     side = ((xx - w / 2) * np.cos(phi) + (yy - h / 2) * np.sin(phi) + wave) > offset
-    image = np.where(side[:, :, None], bg1, bg2)
-    mask = np.zeros((h, w), dtype=np.uint8)
+    image = np.where(side[:, :, None], _material(rng, 0, c1, yy, xx),
+                     _material(rng, 0, c2, yy, xx))
+    colour_of = np.where(side, 0, 1)  # index into ``colours`` of the material at each pixel
     colours = [c1, c2]
 
-    scale = min(h, w)
+    # clutter: plain distractor blobs, part of the background
+    for _ in range(int(rng.integers(0, 3))):
+        shape = _blob(rng, yy, xx, rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w,
+                      scale * rng.uniform(0.07, 0.16))
+        c = _colour(rng, [colours[i] for i in np.unique(colour_of[shape])], 45.0)
+        image = np.where(shape[:, :, None], _material(rng, 0, c, yy, xx), image)
+        colour_of[shape] = len(colours)
+        colours.append(c)
+
+    # objects: 1-3 non-overlapping textured blobs, each far in colour from what it covers
+    mask = np.zeros((h, w), dtype=np.uint8)
+    taken = np.zeros((h, w), dtype=bool)
     for _ in range(int(rng.integers(1, 4))):
         cls = int(rng.integers(1, len(SYNTHETIC_CLASSES)))
-        r = scale * rng.uniform(0.14, 0.3)
-        cy = rng.uniform(0.2, 0.8) * h
-        cx = rng.uniform(0.2, 0.8) * w
-        shape = _shape(rng, cls, yy, xx, cy, cx, r)
-        if shape.sum() < 30:
+        for _try in range(20):
+            shape = _blob(rng, yy, xx, rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w,
+                          scale * rng.uniform(0.13, 0.24))
+            if not (shape & taken).any():
+                break
+        else:
             continue
-        colour, tex = _material(rng, yy, xx, colours)
-        colours.append(colour)
-        image = np.where(shape[:, :, None], tex, image)
+        under = [colours[i] for i in np.unique(colour_of[shape])]
+        objects = [colours[i] for i in np.unique(colour_of[mask > 0])] if taken.any() else []
+        c = _colour(rng, under + objects, MIN_CONTRAST)
+        image = np.where(shape[:, :, None], _material(rng, cls, c, yy, xx), image)
+        colour_of[shape] = len(colours)
+        colours.append(c)
         mask[shape] = cls
+        taken |= ndimage.binary_dilation(shape, iterations=3)
 
-    from scipy import ndimage
-
-    image = ndimage.gaussian_filter(image, sigma=(0.7, 0.7, 0))
-    image = image + rng.normal(0.0, 6.0, image.shape)
+    image = ndimage.gaussian_filter(image, sigma=(0.6, 0.6, 0))
+    image = image + rng.normal(0.0, _NOISE_STD, image.shape)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    scribble = synthesize_scribbles(mask, fraction=scribble_fraction, seed=rng)
+    scribble = _scribbles(mask, scribble_fraction, rng)
     return {"image": image, "mask": mask, "scribble": scribble, "name": f"{split}_{index:05d}"}
 
 
@@ -207,7 +317,7 @@ class SyntheticScenes(Dataset):
     def __init__(
         self,
         num_images: int,
-        size: tuple[int, int] = (128, 128),
+        size: tuple[int, int] = (64, 64),
         seed: int = 0,
         scribble_fraction: float = 0.03,
         split: str = "train",
@@ -256,7 +366,7 @@ def generate_synthetic(
     root: str | os.PathLike[str],
     num_train: int = 200,
     num_val: int = 50,
-    size: tuple[int, int] = (128, 128),
+    size: tuple[int, int] = (64, 64),
     seed: int = 0,
     scribble_fraction: float = 0.03,
     *,

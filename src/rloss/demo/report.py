@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rloss.constants import IGNORE_INDEX
 from rloss.data.demo_scenes import SYNTHETIC_CLASSES
 from rloss.data.folder import SegmentationFolder
 from rloss.train.checkpoint import load_model
@@ -25,16 +26,26 @@ from rloss.train.inference import normalize_image, predict_probs
 from rloss.train.run_dir import RunDir
 from rloss.viz import (
     densecrf_gradient_maps,
+    overlay,
     plot_curves,
     plot_gradient_figure,
-    plot_prediction_grid,
+    save_figure,
+)
+
+#: Flat 768-int palette of the demo figures: bright class colours that show on any image.
+DEMO_PALETTE: list[int] = (
+    [0, 0, 0, 255, 64, 64, 64, 255, 64, 64, 176, 255, 255, 224, 0]
+    + [128] * (3 * 250)
+    + [255, 255, 255]
 )
 
 __all__ = [
+    "DEMO_PALETTE",
     "aggregate_results",
     "finite_or_none",
     "format_table",
     "gap_closed",
+    "plot_contour_grid",
     "predict",
     "val_items",
     "write_figures",
@@ -116,6 +127,92 @@ def format_table(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) 
     return "\n".join(lines) + "\n"
 
 
+def plot_contour_grid(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    path: str | Path,
+    *,
+    class_names: Sequence[str],
+    truth: str = "ground truth",
+    title: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """A grid of the image with label maps drawn as region outlines, one row per sample.
+
+    Every label-map column shows the image, objects lightly tinted with their class colours,
+    with the outline of each object class region drawn in its colour; the prediction
+    columns also show the outline of the ``truth`` column as a thin white dashed line, so
+    one sees at a glance where a prediction stops short of or overshoots the object (the
+    image's colour edge).
+
+    Args:
+        rows: one mapping per sample: ``"image"`` (``(H, W, 3)`` uint8) and, per other
+            column, an ``(H, W)`` integer label map (255 = unlabelled); a column whose name
+            starts with ``"scribbles"`` is drawn as strokes over the image.
+        columns: keys to show, in order (titles of the first row); ``"image"`` shows the
+            image alone.
+        path: output ``.png``, written atomically.
+        class_names: names of the classes, index = label value (for the legend).
+        truth: the column whose outline is drawn over the others.
+        title: optional figure title.
+        dpi: resolution.
+
+    Returns:
+        ``path``.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    if not rows or not columns:
+        raise ValueError(f"rows and columns must be non-empty, got {len(rows)} and {len(columns)}")
+    pal = np.asarray(DEMO_PALETTE, dtype=np.float64).reshape(256, 3) / 255.0
+    h, w = np.asarray(rows[0]["image"]).shape[:2]
+    cell = 1.9
+    fig = Figure(figsize=(cell * len(columns), cell * h / max(w, 1) * len(rows) + 0.7),
+                 layout="constrained")
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+
+    def outline(ax: Any, labels: np.ndarray, color: Any = None, **style: Any) -> None:
+        for c in np.unique(labels):
+            if c != 0 and c != IGNORE_INDEX:
+                ax.contour((labels == c).astype(np.float32), levels=[0.5],
+                           colors=[pal[int(c)] if color is None else color], **style)
+
+    for r, row in enumerate(rows):
+        image = np.asarray(row["image"])
+        gt = np.asarray(row[truth]) if truth in row else None
+        for c, col in enumerate(columns):
+            ax = axes[r, c]
+            if col == "image":
+                ax.imshow(image, interpolation="nearest")
+            else:
+                lab = np.asarray(row[col])
+                if col.startswith("scribble"):
+                    ax.imshow(overlay(image, lab, alpha=1.0, palette=DEMO_PALETTE),
+                              interpolation="nearest")
+                else:
+                    tint = np.where(lab == 0, IGNORE_INDEX, lab)  # background untinted
+                    ax.imshow(overlay(image, tint, alpha=0.3, palette=DEMO_PALETTE),
+                              interpolation="nearest")
+                    outline(ax, lab, linewidths=1.8)
+                    if gt is not None and col != truth:
+                        outline(ax, gt, color="white", linewidths=0.9, linestyles="dashed")
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(col, fontsize=9)
+    handles = [Patch(color=pal[i], label=n) for i, n in enumerate(class_names) if i > 0]
+    handles.append(Patch(facecolor="none", edgecolor="0.4", linestyle="dashed",
+                         label=f"{truth} outline"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=dpi)
+
+
 def write_figures(
     report: Path,
     data_root: Path,
@@ -136,11 +233,13 @@ def write_figures(
         row["ground truth"] = it["mask"]
         rows.append(row)
     paths = {
-        "predictions": plot_prediction_grid(
+        "predictions": plot_contour_grid(
             rows,
             ["image", "scribbles", *methods, "ground truth"],
             report / "predictions.png",
-            title="val images: prediction per method (colours = classes)",
+            class_names=SYNTHETIC_CLASSES,
+            title="val images: outline of each predicted object (colour = class); "
+            "dashed: ground truth",
         )
     }
     series: dict[str, dict[str, list[float]]] = {"training loss": {}, "val mIoU": {}}

@@ -9,10 +9,13 @@ with other settings is refused unless ``overwrite``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +40,50 @@ from rloss.train.fit import train
 from rloss.train.metrics import object_iou
 from rloss.train.run_dir import RunDir
 
-__all__ = ["labelled_fraction", "run_demo"]
+__all__ = ["expected_seconds", "labelled_fraction", "run_demo"]
 
 STAMP_FILE = "demo.json"
+
+#: Measured costs on 2 idle CPU cores (see docs/demo.md): seconds per generated scene,
+#: per training iteration of the network (forward + backward + step, incl. validation
+#: and logging), the extra factor of an iteration with a regularizer, and fixed overhead
+#: (start-up, checkpoints, report).
+_COST = {"scene": 0.015, "iteration": 0.08, "regularizer": 1.3, "fixed": 25.0}
+
+
+def expected_seconds(settings: Mapping[str, Any], *, ncut: bool = False) -> float:
+    """Rough wall time of a demo on 2 idle CPU cores, from its iteration counts.
+
+    Example:
+        >>> from rloss.demo.settings import demo_settings
+        >>> expected_seconds(demo_settings()) < expected_seconds(demo_settings(), ncut=True)
+        True
+    """
+    d = settings["data"]
+    per_epoch = math.ceil(int(d["num_train"]) / int(settings["batch_size"]))
+    it1 = per_epoch * int(settings["epochs"])
+    it2 = per_epoch * int(settings["finetune_epochs"])
+    regularized = 1 + int(bool(ncut))
+    iterations = 2 * it1 + 2 * it2 + regularized * it2 * _COST["regularizer"]
+    scenes = int(d["num_train"]) + int(d["num_val"])
+    return _COST["fixed"] + scenes * _COST["scene"] + iterations * _COST["iteration"]
+
+
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _no_model_summary() -> Iterator[None]:
+    """Hide Lightning's model-summary table (printed once per run: five times a demo)."""
+    logger = logging.getLogger("lightning.pytorch.callbacks.model_summary")
+    drop = _DropAll()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _train_or_reuse(recipe: Mapping[str, Any], run_dir: Path, progress: bool) -> dict[str, Any]:
@@ -47,7 +91,8 @@ def _train_or_reuse(recipe: Mapping[str, Any], run_dir: Path, progress: bool) ->
     run = RunDir(run_dir)
     if run.is_done():
         return run.read_metrics()
-    result = train(recipe, run_dir=run_dir, progress=progress, resume=True)
+    with _no_model_summary():
+        result = train(recipe, run_dir=run_dir, progress=progress, resume=True)
     return {**result.metrics, "history": result.history}
 
 
@@ -133,6 +178,12 @@ def run_demo(
     _prepare_out(out, stamp, overwrite)
 
     d = settings["data"]
+    minutes = expected_seconds(settings, ncut=ncut) / 60
+    log(
+        f"[demo] {'quick run' if quick else 'full run'}, seed {seed}: expected about "
+        f"{max(1, round(minutes))} min on 2 idle CPU cores (longer on a busy machine; "
+        "finished runs in --out are reused)"
+    )
     log(f"[data] generating the built-in dataset in {out / 'data'}")
     data_root = generate_synthetic(
         out / "data",

@@ -117,7 +117,17 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- noise
-_NOISE_MESSAGES: tuple[str, ...] = ("litlogger", "litmodels")
+_NOISE_MESSAGES: tuple[str, ...] = (
+    "litlogger",
+    "litmodels",
+    # start-up and shut-down chatter (our own progress lines say what runs and why it stops)
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "LOCAL_RANK:",
+    "Loading `train_dataloader` to estimate",
+    "`Trainer.fit` stopped:",
+)
 _NOISE_LOGGERS: tuple[str, ...] = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
@@ -135,7 +145,9 @@ class _DropNoise(logging.Filter):
 def quiet_lightning() -> Iterator[None]:
     """Drop the framework's advertising and deprecation noise while this block runs.
 
-    Filters Lightning's litlogger/litmodels tips (log records), the ``LeafSpec`` /
+    Filters Lightning's litlogger/litmodels tips and its start-up/shut-down chatter (log
+    records: "GPU available", "Loading `train_dataloader`", "`Trainer.fit` stopped"), the
+    ``LeafSpec`` /
     ``_pytree`` deprecation ``FutureWarning`` that Lightning's own code triggers and its
     "checkpoint directory is not empty" warning on resume (:func:`train` refuses a used
     run folder unless resuming); other
