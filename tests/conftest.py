@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import warnings
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,19 @@ def pytest_configure(config: pytest.Config) -> None:
         except ImportError:  # pragma: no cover - numba is a core dependency
             return
         numba.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_is_restored(request: pytest.FixtureRequest):
+    """A test that leaves Ctrl-C handling changed (Lightning sets SIG_IGN while it shuts
+    down after a KeyboardInterrupt) would break the next Ctrl-C test in the same worker:
+    restore the handler and name the test in a warning."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        warnings.warn(f"{request.node.nodeid} left the SIGINT handler as {after!r}", stacklevel=1)
 
 
 @pytest.fixture(scope="session")

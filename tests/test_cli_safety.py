@@ -466,7 +466,7 @@ def test_row16_workers_exit_when_the_parent_is_killed(tmp_path):
         except OSError:
             return True
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a liveness bound for a loaded machine, not a speed claim
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids if alive(p)]
@@ -480,7 +480,7 @@ def test_row17_ctrl_c_during_train_prints_the_resume_command(tmp_path, capsys, m
     def lightning_like_train(*a, **k):
         # Lightning catches the KeyboardInterrupt, shuts down, then calls exit(1)
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # to this thread, not any of the process
             time.sleep(5)
         except KeyboardInterrupt:
             sys.exit(1)

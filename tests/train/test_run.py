@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import warnings
 
@@ -155,7 +154,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_validates_the_epoch(tmp_pat
     class CtrlC(pl.Callback):
         def on_train_batch_end(self, trainer, *args):
             if trainer.global_step == 3:
-                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C
+                signal.raise_signal(signal.SIGINT)  # a real Ctrl-C, to this (the main) thread
 
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as info:
