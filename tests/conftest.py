@@ -50,6 +50,26 @@ def _sigint_handler_is_restored(request: pytest.FixtureRequest):
         warnings.warn(f"{request.node.nodeid} left the SIGINT handler as {after!r}", stacklevel=1)
 
 
+@pytest.fixture
+def ctrl_c_ready():
+    """Ctrl-C tests need SIGINT deliverable to the main thread with Python's handler.
+
+    Under pytest-xdist something in the worker process (not pinned down: no test
+    changes the handler, see the fixture above) intermittently leaves SIGINT blocked
+    in the main thread, so that ``signal.raise_signal`` stays pending. Unblock it for
+    the test, and report what was found.
+    """
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if blocked:
+        warnings.warn("SIGINT was blocked in the main thread before this test", stacklevel=1)
+    yield
+    if handler is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, handler)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """Path of ../shared; skips the test where it is absent (a user's clone)."""

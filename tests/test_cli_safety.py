@@ -472,7 +472,8 @@ def test_row16_workers_exit_when_the_parent_is_killed(tmp_path):
     assert not [p for p in pids if alive(p)]
 
 
-def test_row17_ctrl_c_during_train_prints_the_resume_command(tmp_path, capsys, monkeypatch):
+def test_row17_ctrl_c_during_train_prints_the_resume_command(tmp_path, capsys, monkeypatch,
+                                                             ctrl_c_ready):
     import rloss.train.api
 
     recipe = REPO / "configs" / "synthetic" / "deeplabv3plus_mobilenet_pce.yaml"

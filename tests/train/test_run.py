@@ -148,7 +148,7 @@ def test_resume_with_changed_hyper_parameters_warns_in_one_line(tmp_path, caplog
 
 
 # ------------------------------------------------------------------------------ Ctrl-C
-def test_ctrl_c_marks_the_run_interrupted_and_resume_validates_the_epoch(tmp_path):
+def test_ctrl_c_marks_the_run_interrupted_and_resume_validates_the_epoch(tmp_path, ctrl_c_ready):
     cfg = tiny("trainer.max_epochs=3")  # 2 steps per epoch
 
     class CtrlC(pl.Callback):
