@@ -63,6 +63,7 @@ def ctrl_c_ready():
     handler = signal.getsignal(signal.SIGINT)
     if handler is not signal.default_int_handler:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        warnings.warn(f"the SIGINT handler was {handler!r} before this test", stacklevel=1)
     if blocked:
         warnings.warn("SIGINT was blocked in the main thread before this test", stacklevel=1)
     yield
