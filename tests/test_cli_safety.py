@@ -436,7 +436,7 @@ from rloss.data._parallel import map_files
 
 def slow(i):
     import os
-    print(os.getpid(), flush=True)
+    os.write(1, f"{os.getpid()}\\n".encode())  # one atomic write: the two workers share the pipe
     time.sleep(60)
     return i
 
@@ -451,7 +451,12 @@ def test_row16_workers_exit_when_the_parent_is_killed(tmp_path):
     script.write_text(_KILL_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-    pids = {int(proc.stdout.readline()), int(proc.stdout.readline())}
+    pids: set[int] = set()
+    while len(pids) < 2:
+        line = proc.stdout.readline()
+        assert line, "the script ended before both workers reported"
+        if line.strip():
+            pids.add(int(line))
     proc.kill()
     proc.wait()
 
