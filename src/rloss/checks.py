@@ -374,16 +374,7 @@ def check_spacing(
             f"{name} must have {count} values {axes}, one voxel size per spatial axis, "
             f"got {spacing!r}"
         )
-    out = []
-    for i, v in enumerate(values):
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}[{i}] must be a positive number, got {v!r}") from None
-        if not (math.isfinite(f) and f > 0):
-            raise ValueError(f"{name}[{i}] must be a finite positive number, got {v!r}")
-        out.append(f)
-    return tuple(out)
+    return tuple(check_positive(f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
 def check_scale_factor(
