@@ -25,6 +25,7 @@ from rloss.train.checkpoint import load_model
 from rloss.train.inference import normalize_image, predict_probs
 from rloss.train.run_dir import RunDir
 from rloss.viz import (
+    _figure,
     densecrf_gradient_maps,
     overlay,
     plot_curves,
@@ -160,7 +161,6 @@ def plot_contour_grid(
     Returns:
         ``path``.
     """
-    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     if not rows or not columns:
@@ -168,9 +168,9 @@ def plot_contour_grid(
     pal = np.asarray(DEMO_PALETTE, dtype=np.float64).reshape(256, 3) / 255.0
     h, w = np.asarray(rows[0]["image"]).shape[:2]
     cell = 1.9
-    fig = Figure(figsize=(cell * len(columns), cell * h / max(w, 1) * len(rows) + 0.7),
-                 layout="constrained")
-    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    fig, axes = _figure(
+        len(rows), len(columns), (cell * len(columns), cell * h / max(w, 1) * len(rows) + 0.7)
+    )
 
     def outline(ax: Any, labels: np.ndarray, color: Any = None, **style: Any) -> None:
         for c in np.unique(labels):
