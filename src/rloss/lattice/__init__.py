@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from rloss import _alloc
 from rloss.checks import check_finite, check_float_dtype, check_positive, check_spacing
 from rloss.lattice._common import (
     DEFAULT_CAPACITY_HINT,
@@ -354,6 +355,8 @@ class Lattice:
         if options is not None and not isinstance(options, BuildOptions):
             raise TypeError(f"options must be a BuildOptions or None, got {type(options).__name__}")
         self.options = DEFAULT_OPTIONS if options is None else options
+        if features.device.type == "cpu":
+            _alloc.ensure()  # once per process: large freed blocks stay mapped (rloss._alloc)
         self.backend = backend if backend is not None else default_backend(features.device)
         module = _backend_module(self.backend)
         if not getattr(module, "CHECKS_FINITE", False):
