@@ -302,14 +302,17 @@ def test_volume_feature_dimensions_track_exact(d, gain, worst):
 # ------------------------------------------------ the task pool
 
 
-def test_fused_quadratic_form_is_thread_count_independent():
-    """One task per image whatever the thread count: bitwise equal results."""
+@pytest.mark.parametrize("shape", [(3, 40, 36), (1, 96, 100)])
+def test_fused_quadratic_form_is_thread_count_independent(shape):
+    """Tasks depend on the shapes only (one per image, or per block for one 96x100
+    image): bitwise equal results whatever the thread count."""
     from rloss._threads import numba_threads
     from rloss.lattice import Lattice
 
+    n, h, w = shape
     g = torch.Generator().manual_seed(4)
-    feats = bilateral_features(torch.rand(3, 3, 40, 36, generator=g) * 255, 15.0, 8.0)
-    probs = torch.randn(3, 5, 40, 36, generator=g).softmax(1)
+    feats = bilateral_features(torch.rand(n, 3, h, w, generator=g) * 255, 15.0, 8.0)
+    probs = torch.randn(n, 5, h, w, generator=g).softmax(1)
     got = []
     for n in (1, 2):
         with numba_threads(n):

@@ -185,10 +185,12 @@ def test_numba_fusion_reruns_when_its_rows_are_too_few():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-def test_numba_fusion_falls_back_when_keys_do_not_pack():
-    """A remainder-0 point outside the packed range: the fused kernel gives up and
-    the batch lattice is built with full keys; the result is unchanged."""
-    feats, probs, roi = _batch(8, 3, 14, 14)
+@pytest.mark.parametrize("shape", [(8, 3, 14, 14), (1, 3, 96, 96)])
+def test_numba_fusion_falls_back_when_keys_do_not_pack(shape):
+    """A remainder-0 point outside the packed range: the fused kernel (per image, or in
+    block phases for one image) gives up and the batch lattice is built with full keys;
+    the result is unchanged. With keys="packed" that is an error instead."""
+    feats, probs, roi = _batch(*shape)
     want = potts(_built(feats), probs, roi, grad_scale=1.0)
     lat = Lattice(feats, backend="numba")
     pbase, plim, pu = lat._impl._pack
@@ -196,6 +198,10 @@ def test_numba_fusion_falls_back_when_keys_do_not_pack():
     got = potts(lat, probs, roi, grad_scale=1.0)
     assert lat._impl.built and not lat._impl.packed
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    strict = Lattice(feats, backend="numba", options=BuildOptions(keys="packed"))
+    strict._impl._pack = (pbase, plim * 0, pu)
+    with pytest.raises(ValueError, match="keys='packed'"):
+        potts(strict, probs, roi, grad_scale=1.0)
 
 
 def test_numba_build_rejects_non_finite_features():
@@ -394,3 +400,31 @@ def test_capacity_hint_is_owned_by_the_caller():
     Lattice(feats, backend="numba", options=BuildOptions(capacity=mine)).quadratic_form(probs, roi)
     assert mine.per_task != CapacityHint.INITIAL
     assert DEFAULT_CAPACITY_HINT.per_task == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("shape", [(1, 4, 96, 96), (3, 21, 64, 130), (2, 2, 100, 90)])
+def test_numba_split_fusion_is_bitwise_the_batch_path(shape, normalize, dtype):
+    """Fewer than 8 images (several pixel blocks per image): the fused path runs in
+    phases over the batch lattice's blocks, never forms the batch lattice, and gives
+    its result bit for bit (value, volume, gradient, statistics)."""
+    feats, probs, roi = _batch(*shape)
+    probs, roi = probs.to(dtype), roi.to(dtype)
+    lazy = Lattice(feats, backend="numba")
+    assert lazy._impl.nblk > 1
+    got = lazy.quadratic_form(probs, roi, normalize=normalize, grad_scale=0.3, stats=True)
+    assert not lazy._impl.built and lazy._impl.fused_passes == 1
+    want = _built(feats).quadratic_form(probs, roi, normalize=normalize, grad_scale=0.3,
+                                        stats=True)  # fmt: skip
+    for a, b in zip(got[:3], want[:3]):
+        assert torch.equal(a, b)
+    assert got.stats == want.stats
+    # and against the definition through filter (the exact oracle lives in test_numba)
+    wx = lazy.filter(probs * roi.unsqueeze(1))
+    wr = lazy.filter(roi.unsqueeze(1))
+    direct = ((probs * roi.unsqueeze(1)) * (wr - wx)).flatten(1).sum(1)
+    if normalize:
+        direct = direct / (roi.unsqueeze(1) * wr).flatten(1).sum(1)
+    torch.testing.assert_close(got.value, direct, rtol=1e-4, atol=1e-6)
+

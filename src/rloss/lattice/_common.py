@@ -86,11 +86,11 @@ class BuildOptions:
             thread (waking the pool costs several ms per parallel region on a
             busy machine). 0: always use every thread.
         fused: numba: the first :meth:`~rloss.lattice.Lattice.quadratic_form`
-            on a lattice runs build-to-slice image by image (one task and one
-            pixel block per image, whatever the batch size), never forming the
-            batch lattice (faster, less memory; with fewer than 8 images its
-            sums run in another order than the batch lattice's blocks, equal
-            within float32 rounding). ``False``: always build the batch lattice.
+            on a lattice runs build-to-slice image by image (8 or more images:
+            one task per image; fewer: in phases over the batch lattice's pixel
+            blocks, so that every thread works on every image), never forming
+            the batch lattice (faster, less memory; bitwise the batch lattice's
+            result). ``False``: always build the batch lattice.
         min_table: numba: smallest hash table (slots, a power of two).
         capacity: numba: the :class:`CapacityHint` to read and update;
             ``None`` means :data:`DEFAULT_CAPACITY_HINT`.

@@ -28,6 +28,7 @@ from numba import njit, prange
 
 from rloss.lattice._numba._build import local_packed_task, neighbours_local
 from rloss.lattice._numba._filter import blur_rows, gather_tile, scatter_tile
+from rloss.lattice._numba._hashtable import packed_insert, packed_probe
 from rloss.lattice._numba._layout import TILE, task_pixels
 from rloss.lattice._numba._simd import LANES, vquad
 
@@ -288,3 +289,119 @@ def quadratic_image(
     c = x.dtype.type(grad_scale / vol)
     part[n] = quadratic_range(lat, dp1, loc, 0, bary, alpha, x, r, n, 0, npix, 0, c, want, grad)
     volume[n] = vol
+
+
+# ------------------------------------------------------------------ images split in blocks
+#
+# With fewer images than blocks (``nblk > 1``: fewer than ``MIN_TASKS`` images) the
+# per-image kernel above would leave threads idle (one image on two threads). These
+# kernels run the same build-to-slice in phases over the batch path's pixel blocks,
+# each phase a set of ``nogil`` tasks of :func:`rloss._threads.run_tasks`, so that
+# every thread works on every image. Vertex numbering (blocks merged in order), the
+# slot reduction (block order) and the per-block sums are those of the batch lattice
+# with ``nblk`` blocks per image: the results equal the batch path's bit for bit.
+# Arrays are per image (``[n]``): ``loc``, ``bary``, ``hh`` ``(N, P * (d+1))`` with the
+# block's entries from ``p0 * (d+1)`` on; slot rows ``buf`` ``(slots, W)`` with task
+# ``t``'s from ``loff[t]``; vertex rows ``lat_a``/``lat_b`` ``(N, rows, W)``.
+
+
+@njit(cache=True, nogil=True)
+def split_local(t, nblk, feats, scale, pbase, plim, pu, loc, bary, hh, tables, nloc):
+    """Task ``t``: embed block ``t % nblk`` of image ``t // nblk`` and number its
+    vertices locally (``local_packed_task``); ``nloc[t]`` = count or -1 (unpackable)."""
+    npix = feats.shape[1]
+    dp1 = feats.shape[2] + 1
+    n, p0, p1 = task_pixels(t, nblk, npix)
+    e0 = p0 * dp1
+    cnt, _ = local_packed_task(
+        feats, scale, n, p0, p1, e0, loc[n], bary[n], hh[n, e0:], pbase, plim, pu, tables[t]
+    )
+    nloc[t] = cnt
+
+
+@njit(cache=True, nogil=True)
+def split_merge(n, nblk, npix, dp1, hh, nloc, loff, table, lmap, gkey, pu, nbr, counts):
+    """Image ``n``: merge its blocks' vertices in block order into one table (``lmap[slot]``
+    = image vertex id; ``gkey[n, v]`` its key), then its blur neighbours ``nbr[n]``
+    (missing -> the zero row ``counts[n]``), as ``build_merge`` and
+    ``build_neighbours_packed`` do for the batch lattice."""
+    blk = (npix + nblk - 1) // nblk
+    tab = table[n]
+    tab[:] = -1
+    mask = tab.shape[0] // 2 - 1
+    cnt = 0
+    for b in range(nblk):
+        t = n * nblk + b
+        ebase = b * blk * dp1
+        for lid in range(nloc[t]):
+            h = hh[n, ebase + lid]
+            gid, slot = packed_probe(tab, 0, mask, h)
+            if gid < 0:
+                gid = cnt
+                packed_insert(tab, 0, slot, h, gid)
+                gkey[n, gid] = h
+                cnt += 1
+            lmap[loff[t] + lid] = gid
+    counts[n] = cnt
+    neighbours_local(gkey[n], cnt, tab, pu, nbr[n])
+
+
+@njit(cache=True, nogil=True)
+def split_splat(t, nblk, x, r, loc, bary, loff, lmap, buf, stats):
+    """Task ``t``: splat ``[x * r, r]`` of its block into its slot rows of ``buf`` (as
+    ``splat_weighted``), then turn its entries' local ids in ``loc`` into image vertex ids."""
+    npix = x.shape[2]
+    dp1 = loc.shape[1] // npix
+    n, p0, p1 = task_pixels(t, nblk, npix)
+    lo = loff[t]
+    buf[lo : loff[t + 1]] = 0.0
+    tmp = np.zeros((TILE, buf.shape[1]), x.dtype)
+    ln = loc[n]
+    splat_weighted_range(x, r, n, p0, p1, p0 * dp1, dp1, lo, ln, bary[n], buf, tmp, stats[t])
+    for e in range(p0 * dp1, p1 * dp1):
+        ln[e] = lmap[lo + ln[e]]
+
+
+@njit(cache=True, nogil=True)
+def split_reduce_blur(n, nblk, nloc, loff, lmap, buf, counts, nbr, lat_a, lat_b):
+    """Image ``n``: sum its slot rows into vertex rows in block order (as ``reduce_slots``),
+    then blur; returns nothing, the result is in ``lat_b[n]`` for odd d+1, else ``lat_a[n]``."""
+    cnt = counts[n]
+    la, lb = lat_a[n], lat_b[n]
+    nch = buf.shape[1]
+    la[: cnt + 1] = 0.0
+    for b in range(nblk):
+        t = n * nblk + b
+        for lid in range(nloc[t]):
+            s = loff[t] + lid
+            g = lmap[s]
+            for k in range(nch):
+                la[g, k] += buf[s, k]
+    lb[cnt] = 0.0
+    half = la.dtype.type(0.5)
+    nb = nbr[n]
+    for j in range(nb.shape[0]):
+        if j % 2 == 0:
+            blur_rows(la, lb, nb, j, 0, cnt, half)
+        else:
+            blur_rows(lb, la, nb, j, 0, cnt, half)
+
+
+@njit(cache=True, nogil=True)
+def split_volume(t, nblk, lat, k, loc, bary, alpha, r, part):
+    """Task ``t``: ``part[t] = Σ_p r_p (W r)_p`` over its block (``slice_channel_dot``)."""
+    npix = r.shape[1]
+    dp1 = loc.shape[1] // npix
+    n, p0, p1 = task_pixels(t, nblk, npix)
+    part[t] = channel_dot_range(lat[n], k, dp1, loc[n], 0, bary[n], alpha, r, n, p0, p1, p0 * dp1)
+
+
+@njit(cache=True, nogil=True)
+def split_slice(t, nblk, lat, loc, bary, alpha, x, r, coef, want, grad, part):
+    """Task ``t``: slice and contract its block (``slice_quadratic``) into ``part[t]``."""
+    npix = x.shape[2]
+    dp1 = loc.shape[1] // npix
+    n, p0, p1 = task_pixels(t, nblk, npix)
+    part[t] = quadratic_range(
+        lat[n], dp1, loc[n], 0, bary[n], alpha, x, r, n, p0, p1, p0 * dp1, coef[n], want, grad
+    )

@@ -5,11 +5,13 @@ pass, which also rejects NaN/Inf); the batch lattice (:class:`~._build.LatticeAr
 is built on first use: :meth:`NumbaLattice.apply`, a second
 :meth:`NumbaLattice.quadratic_form`, or reading :attr:`NumbaLattice.arrays`.
 The first :meth:`~NumbaLattice.quadratic_form` on a lattice instead runs
-build-to-slice image by image, each image one task with its own one-block
-numbering, whatever the batch size
-(:func:`~._quadratic.quadratic_image`, one task per image on
-:func:`rloss._threads.run_tasks`) and keeps nothing; a lattice used
-again is built once and reused.
+build-to-slice image by image and keeps nothing: with one pixel block per
+image (8 or more images) each image is one task
+(:func:`~._quadratic.quadratic_image` on :func:`rloss._threads.run_tasks`);
+with several (fewer images) the ``split_*`` kernels run it in five phases of
+block or image tasks, so that one image keeps every thread busy. Both give the
+batch lattice's result bit for bit. A lattice used again is built once and
+reused.
 """
 
 from __future__ import annotations
@@ -49,12 +51,16 @@ _log = logging.getLogger("rloss.lattice")
 def kernels_cached() -> bool:
     """Whether numba's on-disk cache holds the kernels (reads one small index file).
 
-    Checked on the fused kernel, the last one compiled when the cache is filled
-    by a loss call; a stale index (the sources changed) counts as empty. On an
-    unknown numba layout this says "cached" rather than guess.
+    Checked on the fused kernels, the last ones compiled when the cache is filled
+    by a loss call (``quadratic_image`` for 8 or more images, ``split_slice`` for
+    fewer; either counts); a stale index (the sources changed) counts as empty. On
+    an unknown numba layout this says "cached" rather than guess.
     """
     try:
-        return bool(Q.quadratic_image._cache._cache_file._load_index())
+        return any(
+            bool(kernel._cache._cache_file._load_index())
+            for kernel in (Q.quadratic_image, Q.split_slice)
+        )
     except Exception:  # numba internals changed: say nothing rather than fail
         return True
 
@@ -289,7 +295,8 @@ class NumbaLattice:
         ):
             # once: a lattice used again is worth building (and keeping)
             self._fused_once = True
-            fused = self._quadratic_fused(p, rr, normalize, grad_scale)
+            run = self._quadratic_fused if self.nblk == 1 else self._quadratic_split
+            fused = run(p, rr, normalize, grad_scale)
             if fused is not None:
                 return fused
         self.fused_passes = 0
@@ -314,6 +321,16 @@ class NumbaLattice:
         value = torch.from_numpy((part.reshape(n_img, self.nblk).sum(1) / volume).astype(dt))
         vol = torch.from_numpy(volume.astype(dt))
         return value, vol, torch.from_numpy(grad) if want else None, Q.stats_summary(stats)
+
+    def _unpackable(self) -> None:
+        """A fused path met a key outside the packable range: None (the caller builds
+        the batch lattice with full keys), or the error ``keys="packed"`` asks for."""
+        if self.options.keys == "packed":
+            raise ValueError(
+                "keys='packed' was asked for, but a lattice key falls outside "
+                "the packable range; use keys='auto'"
+            )
+        return None
 
     def _quadratic_fused(
         self, p: np.ndarray, r: np.ndarray, normalize: bool, grad_scale: float | None
@@ -359,17 +376,102 @@ class NumbaLattice:
             )  # fmt: skip
             run_tasks(lambda n, slot, a=args: Q.quadratic_image(n, slot, *a), n_img, nthreads)
             if (counts < 0).any():
-                if self.options.keys == "packed":
-                    raise ValueError(
-                        "keys='packed' was asked for, but a lattice key falls outside "
-                        "the packable range; use keys='auto'"
-                    )
-                return None
+                return self._unpackable()
             hint.update(int(counts.max()))
             if counts.max() + 1 <= rows:
                 break
             rows = int(counts.max()) + 1
         value = torch.from_numpy((part / volume).astype(dt))
+        vol = torch.from_numpy(volume.astype(dt))
+        return value, vol, torch.from_numpy(grad) if want else None, Q.stats_summary(stats)
+
+
+    def _quadratic_split(
+        self, p: np.ndarray, r: np.ndarray, normalize: bool, grad_scale: float | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, tuple[float, float, float, bool]] | None:
+        """:meth:`quadratic_form` build-to-slice in phases over the batch path's pixel
+        blocks (``nblk > 1``: few images), every phase on every thread
+        (``split_*`` of :mod:`._quadratic`); bitwise the batch lattice's result without
+        forming it. None if keys do not pack."""
+        f = self._f
+        n_img, npix, d = f.shape
+        dp1 = d + 1
+        k = p.shape[1]
+        dt = p.dtype
+        nblk = self.nblk
+        ntask = n_img * nblk
+        want = grad_scale is not None
+        pbase, plim, pu = self._pack
+        hint = self.options.hint
+        nthreads = 1 if n_img * npix < self.options.serial_below else get_numba_threads()
+        nent = npix * dp1
+        cap0 = first_table_capacity(-(-npix // nblk) * dp1, hint.per_task, self.options.min_table)
+        loc = _pool.empty((n_img, nent), np.int32)
+        bary = _pool.empty((n_img, nent), np.float32)
+        hh = _pool.empty((n_img, nent), np.int64)
+        tables = _pool.empty((ntask, 2 * cap0), np.int64)
+        nloc = np.zeros(ntask, np.int64)
+        sc = self._scale
+        run_tasks(
+            lambda t, _s: Q.split_local(t, nblk, f, sc, pbase, plim, pu, loc, bary, hh, tables,
+                                        nloc),
+            ntask, nthreads,
+        )  # fmt: skip
+        del tables
+        if (nloc < 0).any():
+            return self._unpackable()
+        hint.update(max(int(nloc.max()), 1))
+        loff = np.zeros(ntask + 1, np.int64)
+        np.cumsum(nloc, out=loff[1:])
+        per_img = loff[nblk::nblk] - loff[:-1:nblk]
+        rows = int(per_img.max()) + 1  # an image has at most its slots' vertices
+        tcap = 1 << (max(4 * int(per_img.max()), 16) - 1).bit_length()
+        table = _pool.empty((n_img, 2 * tcap), np.int64)
+        lmap = _pool.empty(int(loff[-1]), np.int32)
+        gkey = _pool.empty((n_img, rows), np.int64)
+        nbr = _pool.empty((n_img, dp1, rows, 2), np.int32)
+        counts = np.zeros(n_img, np.int64)
+        run_tasks(
+            lambda n, _s: Q.split_merge(n, nblk, npix, dp1, hh, nloc, loff, table, lmap, gkey,
+                                        pu, nbr, counts),
+            n_img, nthreads,
+        )  # fmt: skip
+        del table, gkey, hh
+        width = padded(k + 1)
+        buf = _pool.empty((int(loff[-1]), width), dt)
+        stats = np.empty((ntask, 4))
+        Q.stats_init(stats)
+        run_tasks(
+            lambda t, _s: Q.split_splat(t, nblk, p, r, loc, bary, loff, lmap, buf, stats),
+            ntask, nthreads,
+        )  # fmt: skip
+        lat_a = _pool.empty((n_img, rows, width), dt)
+        lat_b = _pool.empty((n_img, rows, width), dt)
+        run_tasks(
+            lambda n, _s: Q.split_reduce_blur(n, nblk, nloc, loff, lmap, buf, counts, nbr,
+                                              lat_a, lat_b),
+            n_img, nthreads,
+        )  # fmt: skip
+        del buf, lmap, nbr
+        lat = lat_b if dp1 % 2 == 1 else lat_a
+        alpha = self.alpha
+        volume = np.ones(n_img)
+        part = np.empty(ntask)
+        if normalize:
+            run_tasks(
+                lambda t, _s: Q.split_volume(t, nblk, lat, k, loc, bary, alpha, r, part),
+                ntask, nthreads,
+            )  # fmt: skip
+            volume = np.maximum(part.reshape(n_img, nblk).sum(1), np.finfo(dt).tiny)
+        coef = (float(grad_scale or 0.0) / volume).astype(dt)
+        grad = _pool.empty(p.shape if want else (1, 1, 1), dt)
+        run_tasks(
+            lambda t, _s: Q.split_slice(t, nblk, lat, loc, bary, alpha, p, r, coef, want, grad,
+                                        part),
+            ntask, nthreads,
+        )  # fmt: skip
+        self.fused_passes = 1
+        value = torch.from_numpy((part.reshape(n_img, nblk).sum(1) / volume).astype(dt))
         vol = torch.from_numpy(volume.astype(dt))
         return value, vol, torch.from_numpy(grad) if want else None, Q.stats_summary(stats)
 
