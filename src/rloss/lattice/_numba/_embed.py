@@ -14,6 +14,7 @@ from numba import njit
 
 from rloss._threads import run_tasks
 from rloss.lattice._common import elevation_scales
+from rloss.lattice._numba._simd import LANES, vfold
 
 #: Vertex keys are packed into one int64 when their coordinate ranges need at most
 #: this many bits (else the full-key path runs).
@@ -107,8 +108,9 @@ def ranges_image(f, n, part, nonfinite):
     (``x - x`` is NaN exactly then). Releases the GIL (a task of :func:`ranges`).
 
     The image is read as consecutive runs of ``RANGE_BLOCK * d`` values folded
-    element-wise into running minima, maxima and ``x - x`` sums (no reduction
-    inside the loop, so it vectorises); the lanes are reduced per dimension at the end.
+    element-wise into running minima, maxima and ``x - x`` sums, ``LANES`` at a time
+    (:func:`~._simd.vfold`: numba's loop vectoriser left this loop scalar, 4.4 ms
+    for 12 images of 256² on one thread); the lanes are reduced per dimension at the end.
     """
     npix, d = f.shape[1], f.shape[2]
     run = RANGE_BLOCK * d
@@ -122,11 +124,8 @@ def ranges_image(f, n, part, nonfinite):
         mx[j] = x
     full = (npix // RANGE_BLOCK) * run
     for start in range(0, full, run):
-        for j in range(run):
-            x = flat[start + j]
-            z[j] += x - x
-            mn[j] = x if x < mn[j] else mn[j]
-            mx[j] = x if x > mx[j] else mx[j]
+        for j in range(0, run, LANES):  # RANGE_BLOCK is a multiple of LANES
+            vfold(mn, mx, z, j, flat, start + j)
     for j in range(full, npix * d):  # the last partial run
         x = flat[j]
         i = j % d

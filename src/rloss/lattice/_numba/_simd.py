@@ -163,3 +163,29 @@ def vquad(typingctx, x, xi, r, ri, t, wri, wsi, acc, grad, gi, c, want):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def vfold(typingctx, mn, mx, z, ai, src, si):
+    """Fold ``x = src[si:+LANES]`` into running extremes and a NaN detector at ``ai``:
+    ``mn = x < mn ? x : mn``, ``mx = x > mx ? x : mx``, ``z += x - x`` (NaN exactly when
+    some ``x`` was NaN or infinite), element by element as the scalar code does."""
+    _check(mn, mx, z, src)
+    sig = types.void(mn, mx, z, types.int64, src, types.int64)
+
+    def codegen(context, builder, signature, args):
+        mn_, mx_, z_, ai_, s, si_ = args
+        al = _align(signature.args[0])
+        sty = signature.args[0]
+        pmn, _ = _vec_ptr(context, builder, sty, mn_, ai_)
+        pmx, _ = _vec_ptr(context, builder, sty, mx_, ai_)
+        pz, _ = _vec_ptr(context, builder, sty, z_, ai_)
+        x = builder.load(_vec_ptr(context, builder, sty, s, si_)[0], align=al)
+        lo = builder.load(pmn, align=al)
+        hi = builder.load(pmx, align=al)
+        builder.store(builder.select(builder.fcmp_ordered("<", x, lo), x, lo), pmn, align=al)
+        builder.store(builder.select(builder.fcmp_ordered(">", x, hi), x, hi), pmx, align=al)
+        builder.store(builder.fadd(builder.load(pz, align=al), builder.fsub(x, x)), pz, align=al)
+        return context.get_dummy_value()
+
+    return sig, codegen
