@@ -36,10 +36,12 @@ import importlib
 import warnings
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from rloss import _alloc
+from rloss.lattice import _pool
 from rloss.checks import check_finite, check_float_dtype, check_positive, check_spacing
 from rloss.lattice._common import (
     DEFAULT_CAPACITY_HINT,
@@ -246,7 +248,12 @@ def features_from_image(
     axes = [a for a in reversed(range(nd)) if sigmas[a] is not None]
     d = len(axes) + c
     dev = image.device
-    if pixel_major:
+    if pixel_major and dev.type == "cpu":
+        # pooled (see _pool): a loss step's 16 MB of features reuse the last step's pages
+        # instead of faulting in fresh ones wherever malloc happens to place them
+        mem = torch.from_numpy(_pool.empty((n, *spatial, d), np.float32))
+        chan = [mem[..., j] for j in range(d)]
+    elif pixel_major:
         mem = torch.empty(n, *spatial, d, dtype=torch.float32, device=dev)
         chan = [mem[..., j] for j in range(d)]
     else:
@@ -610,7 +617,7 @@ def release_memory() -> int:
     """Free the idle scratch memory the numba backend keeps between calls.
 
     Large arrays of the numba backend (lattice entries, hash tables, lattice
-    rows, gradients) are reused from call to call instead of being allocated
+    rows, gradients) and CPU features (:func:`features_from_image`) are reused from call to call instead of being allocated
     fresh (fresh pages cost page faults); at most 1 GiB of memory no array
     refers to any more is kept. Call this after the last loss evaluation of a
     long job to give that memory back.
@@ -618,8 +625,6 @@ def release_memory() -> int:
     Returns:
         The number of bytes released.
     """
-    from rloss.lattice import _pool
-
     freed = _pool.idle_bytes()
     _pool.clear()
     return freed

@@ -1,7 +1,8 @@
 """Reuse of large scratch arrays across calls of the numba backend.
 
 A DenseCRF loss step on a CPU allocates some 200 MB of short-lived arrays
-(per-pixel simplex entries, hash tables, lattice rows, the gradient). Fresh
+(per-pixel simplex entries, hash tables, lattice rows, the gradient, the
+pixel-major features). Fresh
 memory is not free: the kernel maps and zeroes every page on first touch, and
 on virtual machines the host may have to back it too. Measured on a 2-core VM
 (N=12, K=21, 256²), those page faults were a quarter of the step. This pool
