@@ -57,9 +57,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rloss._threads import run_tasks, torch_threads
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions, elevation_scales
 
-__all__ = ["TorchLattice", "build"]
+__all__ = ["ImageLattices", "TorchLattice", "build"]
 
 #: Packed int64 keys are used when ``N (d+1) prod(q ranges) < 2**_MAX_PACKED_BITS``;
 #: otherwise the exact per-coordinate relabelling path is taken
@@ -529,7 +530,9 @@ class TorchLattice:
         """``(Q, C)`` pixel-major values -> ``(Q, C)`` filtered."""
         return self._slice(self._blur(self._splat(flat), transpose))
 
-    def apply(self, values: Tensor, *, transpose: bool = False) -> Tensor:
+    def apply(
+        self, values: Tensor, *, transpose: bool = False, out: Tensor | None = None
+    ) -> Tensor:
         """Filter ``values`` over the lattice.
 
         The lattice operator is ``W = alpha S^T B_d ... B_0 S`` (splat ``S``,
@@ -544,21 +547,30 @@ class TorchLattice:
             values: ``(N, C, P)`` float32 or float64 (other float dtypes are
                 computed in float32), on the lattice's device.
             transpose: apply ``W^T`` instead of ``W``.
+            out: ``(N, C, P)`` tensor of the result dtype to write into
+                (e.g. a slice of a larger batch), or ``None``.
 
         Returns:
             ``(N, C, P)`` filtered values, float64 for float64 input and
-            float32 otherwise.
+            float32 otherwise (``out`` when given).
         """
         n, c, p = values.shape
         self._check_shape(n, p, values.shape)
         dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
         # (N*P, C): each pixel's C channels contiguous
         flat = values.to(dtype).permute(0, 2, 1).reshape(n * p, c)
-        out = self._filter_rows(flat, transpose)
-        return out.view(n, p, c).permute(0, 2, 1).contiguous()
+        rows = self._filter_rows(flat, transpose).view(n, p, c).permute(0, 2, 1)
+        if out is None:
+            return rows.contiguous()
+        return out.copy_(rows)
 
     def quadratic_form(
-        self, x: Tensor, r: Tensor, normalize: bool, grad_scale: float | None
+        self,
+        x: Tensor,
+        r: Tensor,
+        normalize: bool,
+        grad_scale: float | None,
+        grad_out: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None, None]:
         """Fused quadratic form: see :meth:`rloss.lattice.Lattice.quadratic_form`.
 
@@ -571,6 +583,8 @@ class TorchLattice:
             r: ``(N, P)`` weights of the same dtype.
             normalize: divide by ``rᵀ W r`` per image.
             grad_scale: factor of the gradient, or ``None`` for no gradient.
+            grad_out: ``(N, K, P)`` tensor of ``x``'s dtype that receives the
+                gradient (e.g. a slice of a larger batch), or ``None``.
 
         Returns:
             ``(value (N,), volume (N,), grad (N, K, P) or None, None)``; the last
@@ -607,7 +621,7 @@ class TorchLattice:
         ws, wr = filt[:, :, :k], filt[:, :, k:]
         # grad = c (W r − 2 W s), c = coef r, written channel-major in one pass
         c = (r * coef.unsqueeze(1)).unsqueeze(2)
-        grad = torch.empty(n, k, p, dtype=dtype, device=dev)
+        grad = torch.empty(n, k, p, dtype=dtype, device=dev) if grad_out is None else grad_out
         torch.addcmul(c * wr, ws, c, value=-2.0, out=grad.transpose(1, 2))
         return value, volume, grad, None
 
@@ -630,7 +644,119 @@ class TorchLattice:
             )
 
 
-def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLattice:
+class ImageLattices:
+    """CPU: the batch as consecutive groups of images, one :class:`TorchLattice` each.
+
+    Built and used as independent tasks on :func:`rloss._threads.run_tasks`,
+    each with torch on one thread (torch ops release the GIL), so that the
+    threads share out whole images instead of splitting every tensor
+    operation: on the CPU most lattice ops (sort, gathers, ``embedding_bag``)
+    are memory bound with random access, and the per-image working set stays
+    in cache while the batch's does not. The batch lattice numbers vertices
+    image-major (the image is the key's leading digit), so the groups' vertex
+    sets, filters and sums are those of the batch lattice.
+
+    Same interface as :class:`TorchLattice` (``apply``, ``quadratic_form`` and
+    the size attributes); ``parts`` are the groups' lattices, ``bounds`` their
+    first images (and ``batch`` at the end).
+    """
+
+    def __init__(self, parts: list[TorchLattice], bounds: list[int]) -> None:
+        self.parts = parts
+        self.bounds = bounds
+        self.batch = bounds[-1]
+        self.num_pixels = parts[0].num_pixels
+        self.dim = parts[0].dim
+        self.num_vertices = sum(part.num_vertices for part in parts)
+        self.packed = all(part.packed for part in parts)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageLattices(batch={self.batch}, groups={len(self.parts)}, "
+            f"num_pixels={self.num_pixels}, dim={self.dim}, num_vertices={self.num_vertices})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    def _span(self, i: int) -> slice:
+        return slice(self.bounds[i], self.bounds[i + 1])
+
+    def apply(
+        self, values: Tensor, *, transpose: bool = False, out: Tensor | None = None
+    ) -> Tensor:
+        """:meth:`TorchLattice.apply`, group by group into one ``(N, C, P)`` result."""
+        n, c, p = values.shape
+        self._check_shape(n, p, values.shape)
+        dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+        if out is None:
+            out = torch.empty(n, c, p, dtype=dtype, device=values.device)
+
+        def task(i: int) -> None:
+            at = self._span(i)
+            self.parts[i].apply(values[at], transpose=transpose, out=out[at])
+
+        _run_groups(task, len(self.parts))
+        return out
+
+    def quadratic_form(
+        self,
+        x: Tensor,
+        r: Tensor,
+        normalize: bool,
+        grad_scale: float | None,
+        grad_out: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, None]:
+        """:meth:`TorchLattice.quadratic_form`, group by group (per-image sums as there)."""
+        n, k, p = x.shape
+        self._check_shape(n, p, x.shape)
+        grad = grad_out
+        if grad_scale is not None and grad is None:
+            grad = torch.empty(n, k, p, dtype=x.dtype, device=x.device)
+        value = torch.empty(n, dtype=x.dtype, device=x.device)
+        volume = torch.empty(n, dtype=x.dtype, device=x.device)
+
+        def task(i: int) -> None:
+            at = self._span(i)
+            q = self.parts[i].quadratic_form(
+                x[at], r[at], normalize, grad_scale, None if grad is None else grad[at]
+            )
+            value[at], volume[at] = q[0], q[1]
+
+        _run_groups(task, len(self.parts))
+        return value, volume, None if grad_scale is None else grad, None
+
+    _check_shape = TorchLattice._check_shape
+
+
+#: Fewest pixels of one group of images of :class:`ImageLattices` (smaller images
+#: are grouped, so that per-operation overhead stays small against the work).
+_GROUP_PIXELS = 1 << 15
+
+
+def _run_groups(task, ntasks: int) -> None:
+    """Run ``task(i)`` for ``i < ntasks`` on torch's thread count of the calling
+    thread, torch on one thread inside every task (restored afterwards)."""
+    nthreads = min(torch.get_num_threads(), ntasks)
+    if nthreads <= 1:
+        for i in range(ntasks):
+            task(i)
+        return
+
+    def one(i: int, slot: int) -> None:
+        # a pool thread keeps the count torch had when it first ran an op
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
+        task(i)
+
+    with torch_threads(1):
+        run_tasks(one, ntasks, nthreads)
+
+
+def build(
+    features: Tensor, options: BuildOptions = DEFAULT_OPTIONS, *, split: bool | None = None
+) -> TorchLattice | ImageLattices:
     """Build the lattice for a batch of per-pixel feature vectors.
 
     Args:
@@ -639,9 +765,15 @@ def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLat
             dtypes are converted to float32.
         options: :class:`~rloss.lattice.BuildOptions`; only ``keys`` applies
             (``"full"``: the relabelling path; ``"packed"``: packed or an error).
+        split: ``True``: an :class:`ImageLattices` of groups of images of at
+            least ``_GROUP_PIXELS`` pixels (one :class:`TorchLattice` when that
+            is the whole batch); ``False``: one :class:`TorchLattice` for the
+            batch; ``None``: split on the CPU only (accelerators run the
+            batch lattice, whose every op is one large kernel).
 
     Returns:
-        A :class:`TorchLattice` whose ``apply`` filters ``(N, C, P)`` values.
+        A :class:`TorchLattice` (or :class:`ImageLattices`) whose ``apply``
+        filters ``(N, C, P)`` values.
 
     Raises:
         ValueError: on a bad shape or features whose elevated coordinates
@@ -655,6 +787,24 @@ def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLat
         raise ValueError(f"features must be non-empty (N, P, d), got {(n, p, d)}")
     if not features.is_floating_point():
         raise ValueError(f"features must be floating point, got dtype {features.dtype}")
+    if split is None:
+        split = features.device.type == "cpu"
+    per = max(1, -(-_GROUP_PIXELS // p))  # images per group
+    if not split or per >= n:
+        return _build_batch(features, options)
+    bounds = [*range(0, n, per), n]
+    parts: list[TorchLattice | None] = [None] * (len(bounds) - 1)
+
+    def task(i: int) -> None:
+        parts[i] = _build_batch(features[bounds[i] : bounds[i + 1]], options)
+
+    _run_groups(task, len(parts))
+    return ImageLattices(parts, bounds)  # type: ignore[arg-type]
+
+
+def _build_batch(features: Tensor, options: BuildOptions) -> TorchLattice:
+    """:func:`build` of one batch lattice (``features`` already checked)."""
+    n, p, d = (int(s) for s in features.shape)
     dev = features.device
     d1 = d + 1
     f = features.detach().to(torch.float32).reshape(n * p, d)
