@@ -52,12 +52,13 @@ The result reproduces the rloss reference lattice (tolerance A of
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rloss._threads import run_tasks, torch_threads
+from rloss._threads import get_numba_threads, run_tasks, torch_threads
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions, elevation_scales
 
 __all__ = ["ImageLattices", "TorchLattice", "build"]
@@ -149,16 +150,21 @@ class _Simplex:
             total = m_int.sum(dim=1, keepdim=True)
         del m
 
-        order = torch.sort(diff, dim=1, descending=True, stable=True).indices
+        k = _descending_positions(diff)  # sorted position of each coordinate
         del diff
-        rank = torch.arange(d, -1, -1, device=dev)  # final rank d - t of column t
-        # final rank of sorted position k is (k + total) mod (d+1); invert the roll
-        pos = (rank - total).remainder_(d1)  # sorted position of each final rank
-        self.coord = order.gather(1, pos)
-        del order
-        # wrap: (k + total - rank) / (d+1) in {-1, 0, 1}, k = pos
-        wrap = pos.sub_(rank).add_(total).div_(d1, rounding_mode="floor").to(int_dtype)
-        self.m = m_int.gather(1, self.coord).sub_(wrap)
+        # final rank (k + total) mod (d+1), and the wrap (k + total) div (d+1) in {-1, 0, 1},
+        # from total = (d+1) t_div + t_mod once per point
+        t_mod = total.remainder(d1)
+        k += t_mod
+        over = k >= d1
+        k.sub_(over.to(k.dtype).mul_(d1))  # the final rank of each coordinate
+        wrap = over.to(int_dtype).add_(total.div_(d1, rounding_mode="floor").to(int_dtype))
+        # column t holds the coordinate of final rank d - t
+        rank = torch.arange(d1, device=dev).expand(q, d1)
+        self.coord = torch.empty(q, d1, dtype=torch.int64, device=dev)
+        self.coord.scatter_(1, k.neg_().add_(d), rank)
+        del k, over
+        self.m = m_int.sub_(wrap).gather(1, self.coord)
         del wrap, m_int
         vs = (self.m * d1).to(torch.float32)
         torch.sub(el.gather(1, self.coord), vs, out=vs).mul_(down_factor)  # v of rank d - t
@@ -179,6 +185,27 @@ class _Simplex:
         """``(Q, d+1)`` int64 remainder-0 point (after the rank wrap), coordinate order."""
         d1 = self.coord.shape[1]
         return torch.empty_like(self.coord).scatter_(1, self.coord, self.m.to(torch.int64) * d1)
+
+
+def _descending_positions(diff: Tensor) -> Tensor:
+    """``(Q, d+1)`` int64 position of each coordinate in a stable descending sort
+    of each row of ``diff`` (ties: the lower coordinate first, as the reference's
+    pairwise loop).
+
+    One comparison per pair of coordinates, ``d (d+1) / 2`` elementwise ops over
+    the ``Q`` points (a row-wise ``sort`` of ``d+1`` values costs several times more).
+    """
+    q, d1 = diff.shape
+    cols = diff.t()
+    k = torch.zeros(d1, q, dtype=torch.int64, device=diff.device)
+    for i in range(d1):
+        for j in range(i + 1, d1):
+            # j precedes i only when strictly greater (as 0/1 bytes: bool has no minus)
+            later_first = torch.gt(cols[j], cols[i]).view(torch.uint8)
+            k[i] += later_first
+            k[j] -= later_first
+        k[i + 1 :] += 1
+    return k.t()
 
 
 def _simplex(el: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -735,10 +762,17 @@ class ImageLattices:
 _GROUP_PIXELS = 1 << 15
 
 
-def _run_groups(task, ntasks: int) -> None:
-    """Run ``task(i)`` for ``i < ntasks`` on torch's thread count of the calling
-    thread, torch on one thread inside every task (restored afterwards)."""
-    nthreads = min(torch.get_num_threads(), ntasks)
+def _run_groups(task: Callable[[int], None], ntasks: int) -> None:
+    """Run ``task(i)`` for ``i < ntasks`` as tasks of :func:`rloss._threads.run_tasks`
+    with torch on one thread inside every task (restored afterwards).
+
+    The thread count is the CPU lattice's, numba's count of the calling thread
+    (as for the numba backend; :func:`rloss._threads.threads` sets both), or
+    torch's without numba: the CPU losses run their torch work under
+    ``torch_threads(1)``, which must not serialise the lattice.
+    """
+    nthreads = get_numba_threads() or torch.get_num_threads()
+    nthreads = min(nthreads, ntasks)
     if nthreads <= 1:
         for i in range(ntasks):
             task(i)
