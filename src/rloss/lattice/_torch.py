@@ -309,7 +309,7 @@ def _lookup(sorted_keys: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
     m = sorted_keys.numel()
     pos = torch.searchsorted(sorted_keys, query)
     pos_c = pos.clamp(max=m - 1)
-    found = (pos < m) & (sorted_keys[pos_c] == query)
+    found = (pos < m) & (sorted_keys.index_select(0, pos_c.view(-1)).view(pos_c.shape) == query)
     return pos_c, found
 
 
@@ -336,7 +336,7 @@ def _number_vertices(keys: Tensor, idx_dtype: torch.dtype) -> tuple[Tensor, Tens
     torch.ne(sorted_keys[1:], sorted_keys[:-1], out=change[1:])
     # Host sync 2 of 2: the number of vertices M sizes every later tensor
     starts = change.nonzero().squeeze(1)
-    unique_keys = sorted_keys[starts]
+    unique_keys = sorted_keys.index_select(0, starts)
     del sorted_keys
     vid = change.cumsum(0, dtype=idx_dtype).sub_(1)
     del change
@@ -347,25 +347,32 @@ def _number_vertices(keys: Tensor, idx_dtype: torch.dtype) -> tuple[Tensor, Tens
 def _packed_neighbours(unique_keys: Tensor, layout: _KeyLayout) -> Tensor:
     """``(d+1, 2, M)`` int64 ids of each vertex's blur neighbours (``M`` = missing).
 
-    All ``2 (d+1)`` neighbour keys of a group of vertices are formed by one
-    broadcast ``where`` (the shift depends only on whether the vertex's
-    remainder wraps) and looked up by one ``searchsorted``.
+    Only the ``d+1`` neighbours ``n1`` are looked up: all ``n1`` keys of a
+    group of vertices are formed by one broadcast ``where`` (the shift depends
+    only on whether the vertex's remainder wraps) and found by one
+    ``searchsorted``. ``n2`` of direction ``j`` is the inverse step, so
+    ``n2[n1[v]] = v`` wherever ``n1[v]`` exists and ``n2`` is missing
+    elsewhere: one scatter (missing ``n1`` write into a spare slot ``M``).
     """
     m = unique_keys.numel()
     d = layout.d
     dev = unique_keys.device
-    shifts = torch.tensor(layout.neighbour_shifts(), dtype=torch.int64, device=dev)
-    rem = unique_keys.remainder(d + 1)
-    # (2, M): does neighbour n1 (wraps at r = 0) / n2 (wraps at r = d) wrap?
-    wraps = torch.stack([rem == 0, rem == d]).repeat(d + 1, 1)  # (2(d+1), M)
-    neighbours = torch.empty(2 * (d + 1), m, dtype=torch.int64, device=dev)
-    for group in _groups(2 * (d + 1), m):
+    shifts = torch.tensor(layout.neighbour_shifts()[0::2], dtype=torch.int64, device=dev)
+    # (1, M): does neighbour n1 wrap (at remainder 0)?
+    wraps = (unique_keys.remainder(d + 1) == 0).unsqueeze(0)
+    n1 = torch.empty(d + 1, m, dtype=torch.int64, device=dev)
+    for group in _groups(d + 1, m):
         sel = slice(group.start, group.stop)
-        step = torch.where(wraps[sel], shifts[sel, 2:3], shifts[sel, 1:2])
+        step = torch.where(wraps, shifts[sel, 2:3], shifts[sel, 1:2])
         query = (unique_keys.to(torch.int64) + step).to(unique_keys.dtype).view(-1)
         pos, found = _lookup(unique_keys, query)
-        neighbours[sel] = torch.where(found, pos, m).view(len(group), m)
-    return neighbours.view(d + 1, 2, m)
+        n1[sel] = torch.where(found, pos, m).view(len(group), m)
+    neighbours = torch.empty(d + 1, 2, m + 1, dtype=torch.int64, device=dev)
+    neighbours[:, 0, :m] = n1
+    neighbours[:, 1] = m
+    ids = torch.arange(m, device=dev).expand(d + 1, m)
+    neighbours[:, 1].scatter_(1, n1, ids)  # n1 is one-to-one where found
+    return neighbours[:, :, :m]
 
 
 def _relabel(
@@ -508,7 +515,7 @@ class TorchLattice:
             offsets[:m] = starts
             offsets[m:] = e
             pixel = perm.to(idx).div_(d1, rounding_mode="floor")
-            self._bags = (pixel, offsets, self._weight.reshape(-1)[perm])
+            self._bags = (pixel, offsets, self._weight.reshape(-1).index_select(0, perm))
             self._splat_order = None
         return self._bags
 
