@@ -118,7 +118,7 @@ class _Simplex:
             differentials, ties to the lower coordinate as in the reference's
             pairwise loop, then shifted by ``sum(rem0) / (d+1)`` and wrapped).
         m: ``(Q, d+1)`` int32/int64 (``int_dtype``), remainder-0 point
-            ``/ (d+1)`` of coordinate ``coord[:, t]`` after the wrap.
+            ``/ (d+1)`` after the wrap, in coordinate order.
         bary: ``(Q, d+1)`` float32 barycentric weight of the remainder-``r``
             vertex in column ``r`` (rows sum to 1).
     """
@@ -136,7 +136,9 @@ class _Simplex:
         down.floor_()
         closer_up = torch.mul(up, d1).sub_(el)
         closer_up = closer_up < torch.mul(down, d1).neg_().add_(el)
-        m = torch.where(closer_up, up, down, out=up)  # float32, integer valued
+        # m = up where closer_up else down, as down + closer_up (up - down): a
+        # where() on this unpredictable mask costs 10x more on the CPU (it branches)
+        m = up.sub_(down).mul_(closer_up).add_(down)  # float32, integer valued
         del down, closer_up
         diff = torch.mul(m, d1).neg_().add_(el)  # el - (d+1) m
         # sum(rem0) / (d+1): a float32 matrix-vector product is exact while every
@@ -164,10 +166,12 @@ class _Simplex:
         self.coord = torch.empty(q, d1, dtype=torch.int64, device=dev)
         self.coord.scatter_(1, k.neg_().add_(d), rank)
         del k, over
-        self.m = m_int.sub_(wrap).gather(1, self.coord)
+        self.m = m_int.sub_(wrap)
         del wrap, m_int
-        vs = (self.m * d1).to(torch.float32)
-        torch.sub(el.gather(1, self.coord), vs, out=vs).mul_(down_factor)  # v of rank d - t
+        v = (self.m * d1).to(torch.float32)
+        torch.sub(el, v, out=v).mul_(down_factor)
+        vs = v.gather(1, self.coord)  # v of rank d - t
+        del v
         # reference: b[d - rank_i] += v_i, b[d + 1 - rank_i] -= v_i, b[0] += 1 + b[d + 1],
         # i.e. b[t] = v(rank d - t) - v(rank d + 1 - t) and b[0] = v(rank d) + (1 - v(rank 0))
         bary = torch.empty(q, d1, dtype=torch.float32, device=dev)
@@ -184,7 +188,7 @@ class _Simplex:
     def rem0(self) -> Tensor:
         """``(Q, d+1)`` int64 remainder-0 point (after the rank wrap), coordinate order."""
         d1 = self.coord.shape[1]
-        return torch.empty_like(self.coord).scatter_(1, self.coord, self.m.to(torch.int64) * d1)
+        return self.m.to(torch.int64) * d1
 
 
 def _descending_positions(diff: Tensor) -> Tensor:
@@ -256,9 +260,10 @@ class _KeyLayout:
 
 
 def _packed_keys(
-    simplex: _Simplex, image: Tensor, layout: _KeyLayout, dtype: torch.dtype
+    simplex: _Simplex, batch: int, layout: _KeyLayout, dtype: torch.dtype
 ) -> Tensor:
-    """``(Q, d+1)`` keys (``dtype``) of the ``d+1`` vertices of each point's simplex.
+    """``(Q, d+1)`` keys (``dtype``) of the ``d+1`` vertices of each point's simplex
+    (``Q = batch * P`` points, image-major).
 
     ``q_i`` of the remainder-``r`` vertex is ``m_i`` lowered by one for the
     ``r`` coordinates of highest final rank (``coord[:, :r]``): ``key_r = key_0
@@ -270,11 +275,13 @@ def _packed_keys(
     dev = coord.device
     stride = torch.tensor([*layout.strides, 0], dtype=dtype, device=dev)
     lo = torch.tensor([*layout.lo, 0], dtype=simplex.m.dtype, device=dev)
+    q0 = torch.sub(simplex.m, lo).to(dtype)  # q - lo of the remainder-0 vertex
+    base = q0.mul_(stride).sum(dim=1, dtype=dtype)
     stride_f = stride.take(coord)  # stride of coordinate coord[:, t]
-    q0 = lo.take(coord).neg_().add_(simplex.m).to(dtype)  # q - lo of the remainder-0 vertex
-    base = q0.mul_(stride_f).sum(dim=1, dtype=dtype)
     del q0
-    base += image.to(dtype) * layout.image_stride
+    if batch > 1:
+        image = torch.arange(batch, dtype=dtype, device=dev).mul_(layout.image_stride)
+        base.view(batch, -1).add_(image.unsqueeze(1))
     keys = torch.empty(coord.shape[0], d1, dtype=dtype, device=dev)
     keys[:, 0] = base
     torch.cumsum(stride_f[:, :d], dim=1, out=keys[:, 1:])
@@ -878,9 +885,7 @@ def _build_batch(features: Tensor, options: BuildOptions) -> TorchLattice:
     idx_dtype = _index_dtype(n * p * d1)
     if packed:
         key_dtype = torch.int32 if layout.capacity < _INT32_LIMIT else torch.int64
-        image = torch.arange(n, device=dev, dtype=key_dtype).repeat_interleave(p)
-        keys = _packed_keys(simplex, image, layout, key_dtype)
-        del image
+        keys = _packed_keys(simplex, n, layout, key_dtype)
         bary = simplex.bary
         del simplex
         unique_keys, starts, perm, vertex = _number_vertices(keys.view(-1), idx_dtype)
