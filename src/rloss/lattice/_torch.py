@@ -276,9 +276,9 @@ def _packed_keys(
     stride = torch.tensor([*layout.strides, 0], dtype=dtype, device=dev)
     lo = torch.tensor([*layout.lo, 0], dtype=simplex.m.dtype, device=dev)
     q0 = torch.sub(simplex.m, lo).to(dtype)  # q - lo of the remainder-0 vertex
-    base = q0.mul_(stride).sum(dim=1, dtype=dtype)
-    stride_f = stride.take(coord)  # stride of coordinate coord[:, t]
+    base = q0.mul_(stride).sum(dim=1, dtype=dtype)  # (no integer matmul on CUDA)
     del q0
+    stride_f = stride.index_select(0, coord.view(-1)).view(coord.shape)  # of coord[:, t]
     if batch > 1:
         image = torch.arange(batch, dtype=dtype, device=dev).mul_(layout.image_stride)
         base.view(batch, -1).add_(image.unsqueeze(1))
