@@ -37,8 +37,16 @@ around one such pass: it writes its input pixel-major straight from ``x`` and
 vertices (``s^T W y = alpha (S s)^T B (S y)``) instead of the pixels, and
 writes the gradient channel-major straight from the slice.
 
+On the CPU, :func:`build` splits the batch into groups of whole images
+(:class:`ImageLattices`, at least ``_GROUP_PIXELS`` pixels each), built and
+filtered as tasks on :func:`rloss._threads.run_tasks` with torch on one
+thread per task: there most of these ops are memory bound with random
+access, a per-image working set stays in cache where the batch's does not,
+and threads that share out whole images scale where per-op parallelism on a
+busy machine does not. Other devices build the one batch lattice.
+
 Host synchronisation: ``apply`` and ``quadratic_form`` never synchronise.
-:func:`build` does twice, and only there: once to read back the elevated
+:func:`build` does twice (per group on the CPU), and only there: once to read back the elevated
 extent (validation and the key layout, one transfer) and once for the number
 of vertices ``M``, which sizes every lattice tensor (the fallback
 relabelling path, taken only when packed keys would overflow int64, adds one
