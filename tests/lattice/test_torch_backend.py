@@ -310,3 +310,27 @@ def test_densecrf_loss_on_image_groups_matches_numba(monkeypatch):
     torch.testing.assert_close(out["torch"][0], out["numba"][0], rtol=1e-5, atol=0)
     gt, gn = out["torch"][1], out["numba"][1]
     torch.testing.assert_close(gt, gn, rtol=1e-5, atol=1e-6 * float(gn.abs().max()))
+
+
+def test_filter_through_image_groups_backpropagates(monkeypatch):
+    """Lattice.filter on grouped images (two threads): forward and backward as the
+    batch lattice's, and the tasks record no autograd history of their own."""
+    from rloss._threads import threads as scoped_threads
+
+    g = torch.Generator().manual_seed(5)
+    feats = torch.rand(3, 4, 9, 10, generator=g) * 3
+    values = torch.rand(3, 2, 9, 10, generator=g)
+    weights = torch.rand(3, 2, 9, 10, generator=g)
+    grads = []
+    for group_pixels in (90, 10**9):  # one image per group, then one batch lattice
+        monkeypatch.setattr(T, "_GROUP_PIXELS", group_pixels)
+        with scoped_threads(2):
+            lat = Lattice(feats, backend="torch")
+            v = values.clone().requires_grad_()
+            out = lat.filter(v)
+            (out * weights).sum().backward()
+        assert isinstance(lat._impl, T.ImageLattices if group_pixels == 90 else T.TorchLattice)
+        assert out.grad_fn is not None and out.grad_fn.next_functions[-1][0] is not None
+        grads.append((out.detach(), v.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-6, atol=1e-6)

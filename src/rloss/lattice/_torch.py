@@ -791,7 +791,9 @@ def _run_groups(task: Callable[[int], None], ntasks: int) -> None:
     The thread count is the CPU lattice's, numba's count of the calling thread
     (as for the numba backend; :func:`rloss._threads.threads` sets both), or
     torch's without numba: the CPU losses run their torch work under
-    ``torch_threads(1)``, which must not serialise the lattice.
+    ``torch_threads(1)``, which must not serialise the lattice. The tasks run
+    in the caller's grad mode (thread-local in torch: a pool thread would
+    otherwise record autograd history inside ``Lattice.filter``'s forward).
     """
     nthreads = get_numba_threads() or torch.get_num_threads()
     nthreads = min(nthreads, ntasks)
@@ -799,12 +801,14 @@ def _run_groups(task: Callable[[int], None], ntasks: int) -> None:
         for i in range(ntasks):
             task(i)
         return
+    grad_mode = torch.is_grad_enabled()
 
     def one(i: int, slot: int) -> None:
         # a pool thread keeps the count torch had when it first ran an op
         if torch.get_num_threads() != 1:
             torch.set_num_threads(1)
-        task(i)
+        with torch.set_grad_enabled(grad_mode):
+            task(i)
 
     with torch_threads(1):
         run_tasks(one, ntasks, nthreads)
