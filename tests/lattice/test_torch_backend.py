@@ -249,7 +249,7 @@ def test_image_groups_filter_as_the_batch_lattice(monkeypatch, threads):
             theirs = batch.quadratic_form(x, r, normalize, 0.3)
             for a, b in zip(ours[:3], theirs[:3]):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-        value, volume, grad, _ = grouped.quadratic_form(x, r, True, None)
+        value, _, grad, _ = grouped.quadratic_form(x, r, True, None)
         assert grad is None and torch.equal(value, ours[0])
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="lattice was built for"):

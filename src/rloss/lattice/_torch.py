@@ -267,9 +267,7 @@ class _KeyLayout:
         return out
 
 
-def _packed_keys(
-    simplex: _Simplex, batch: int, layout: _KeyLayout, dtype: torch.dtype
-) -> Tensor:
+def _packed_keys(simplex: _Simplex, batch: int, layout: _KeyLayout, dtype: torch.dtype) -> Tensor:
     """``(Q, d+1)`` keys (``dtype``) of the ``d+1`` vertices of each point's simplex
     (``Q = batch * P`` points, image-major).
 
