@@ -11,11 +11,11 @@ inputs, the same interleaving of reference and ours, the same ratio and gradient
 Everything after the backend name goes to ``side_by_side.py``, except ``--threads N``
 (this wrapper's own option): both sides run on N threads instead of the harness's 2
 (the reference child sets ``OMP_NUM_THREADS`` before its extension loads OpenMP, ours
-calls ``rloss._threads.set_threads``: torch's count and numba's, which the CPU
-lattice task pool of both the numba and the torch backend uses). On a machine
-shared with other jobs, one thread per side measures the work itself; two threads also measure how each side copes with
-waiting for a second core (one parallel region per call for the reference, one per
-tensor operation for the torch backend).
+calls ``rloss._threads.set_threads``: torch's count and numba's, which the CPU lattice
+task pool of both the numba and the torch backend uses). On a machine shared with
+other jobs, one thread per side measures the work itself; two threads also measure how
+each side copes with waiting for a second core (one parallel region per call for the
+reference, tasks of whole images on a sleeping pool for ours).
 """
 
 from __future__ import annotations
