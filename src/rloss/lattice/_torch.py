@@ -167,7 +167,7 @@ class _Simplex:
         k += total.remainder(d1).to(k.dtype)
         over = k >= d1
         wrap = over.to(int_dtype).add_(total.div_(d1, rounding_mode="floor").to(int_dtype))
-        k.sub_(over.view(torch.uint8).mul(d1))  # the final rank of each coordinate
+        k.sub_(over.to(k.dtype).mul_(d1))  # the final rank of each coordinate
         del over
         # column t holds the coordinate of final rank d - t
         rank = torch.arange(d1, device=dev).expand(q, d1)
@@ -641,9 +641,13 @@ class TorchLattice:
         self._check_shape(n, p, x.shape)
         dtype, dev = x.dtype, x.device
         vals = torch.empty(n, p, k + 1, dtype=dtype, device=dev)
-        # s = x r channel-major first: x is read in order (a transposed read of a
-        # batch that is not in cache is latency bound), then transposed from cache
-        vals[:, :, :k].copy_(torch.mul(x, r.unsqueeze(1)).transpose(1, 2))
+        if dev.type == "cpu":
+            # s = x r channel-major first: x is read in order (on the CPU a transposed
+            # read of a batch that is not in cache is latency bound), then transposed
+            # from cache; elsewhere one kernel writes s straight into place
+            vals[:, :, :k].copy_(torch.mul(x, r.unsqueeze(1)).transpose(1, 2))
+        else:
+            torch.mul(x.transpose(1, 2), r.unsqueeze(2), out=vals[:, :, :k])
         vals[:, :, k] = r
         flat = vals.view(n * p, k + 1)
         splat = self._splat(flat)  # (M+1, K+1) = S [s, r]
