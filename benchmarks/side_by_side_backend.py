@@ -11,10 +11,11 @@ inputs, the same interleaving of reference and ours, the same ratio and gradient
 Everything after the backend name goes to ``side_by_side.py``, except ``--threads N``
 (this wrapper's own option): both sides run on N threads instead of the harness's 2
 (the reference child sets ``OMP_NUM_THREADS`` before its extension loads OpenMP, ours
-calls ``torch.set_num_threads``). On a machine shared with other jobs, one thread per
-side measures the work itself; two threads also measure how each side copes with
-waiting for a second core (one parallel region per call for the reference, one per
-tensor operation for the torch backend).
+calls ``rloss._threads.set_threads``: torch's count and numba's, which the CPU lattice
+task pool of both the numba and the torch backend uses). On a machine shared with
+other jobs, one thread per side measures the work itself; two threads also measure how
+each side copes with waiting for a second core (one parallel region per call for the
+reference, tasks of whole images on a sleeping pool for ours).
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ def main(argv: list[str]) -> int:
         if harness.CHILD_OURS.count("torch.set_num_threads(2)") != 1:
             print(f"{path}: our child's thread count is not where this wrapper expects it")
             return 2
+        # torch and numba: the CPU lattice's task pool takes numba's count (both backends)
         harness.CHILD_OURS = harness.CHILD_OURS.replace(
-            "torch.set_num_threads(2)", f"torch.set_num_threads({threads})"
+            "torch.set_num_threads(2)",
+            f"import rloss._threads; rloss._threads.set_threads({threads})",
         )
         harness.CHILD_REF = (
             f"import os; os.environ['OMP_NUM_THREADS'] = '{threads}'\n" + harness.CHILD_REF

@@ -193,3 +193,144 @@ def test_lattice_from_vertex_ids_alone_filters_the_same():
     x, r = values, torch.ones(1, 12 * 14)
     ours, theirs = again.quadratic_form(x, r, True, 1.0), built.quadratic_form(x, r, True, 1.0)
     assert all(torch.equal(a, b) for a, b in zip(ours[:3], theirs[:3]))
+
+
+@pytest.mark.parametrize("d1", [2, 3, 6, 10, 130])
+def test_descending_positions_are_a_stable_descending_sort(d1):
+    """The pairwise ranks equal the positions of a stable descending sort, ties
+    (many here: values on a coarse grid) to the lower coordinate first; the wide
+    case takes the int32 counters."""
+    g = torch.Generator().manual_seed(d1)
+    diff = torch.randint(-3, 4, (257, d1), generator=g).float() / 2
+    order = torch.sort(diff, dim=1, descending=True, stable=True).indices
+    want = torch.empty_like(order).scatter_(
+        1, order, torch.arange(d1).expand_as(order).contiguous()
+    )
+    got = T._descending_positions(diff)
+    assert got.shape == (d1, 257)
+    assert got.dtype == (torch.uint8 if d1 < 128 else torch.int32)
+    assert torch.equal(got.t().long(), want)
+
+
+def _grouped(monkeypatch, feats: torch.Tensor, group_pixels: int):
+    """The CPU build split into groups of images (small groups for small test images)."""
+    monkeypatch.setattr(T, "_GROUP_PIXELS", group_pixels)
+    return T.build(feats)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_image_groups_filter_as_the_batch_lattice(monkeypatch, threads):
+    """On the CPU the batch is built and filtered as groups of images (tasks on the
+    rloss pool, torch on one thread each): the same vertices, the same filter (to
+    float32 rounding), the same quadratic form, whatever the thread count; torch's
+    thread count is restored."""
+    from rloss._threads import threads as scoped_threads
+
+    n, d, p = 5, 5, 90
+    g = torch.Generator().manual_seed(3)
+    feats = torch.rand(n, p, d, generator=g) * 3
+    feats[3] = feats[1]  # two equal images: their groups number vertices alike
+    batch = T.build(feats, split=False)
+    values = torch.rand(n, 4, p, generator=g)
+    x = torch.rand(n, 4, p, generator=g, dtype=torch.float64).softmax(1)
+    r = (torch.rand(n, p, generator=g) > 0.3).double()
+    before = torch.get_num_threads()
+    with scoped_threads(threads):
+        grouped = _grouped(monkeypatch, feats, 2 * p)  # groups of 2, 2 and 1 images
+        assert isinstance(grouped, T.ImageLattices) and grouped.bounds == [0, 2, 4, 5]
+        assert grouped.num_vertices == batch.num_vertices and grouped.packed
+        for transpose in (False, True):
+            torch.testing.assert_close(
+                grouped.apply(values, transpose=transpose),
+                batch.apply(values, transpose=transpose), rtol=1e-6, atol=1e-6,
+            )  # fmt: skip
+        for normalize in (False, True):
+            ours = grouped.quadratic_form(x, r, normalize, 0.3)
+            theirs = batch.quadratic_form(x, r, normalize, 0.3)
+            for a, b in zip(ours[:3], theirs[:3]):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        value, _, grad, _ = grouped.quadratic_form(x, r, True, None)
+        assert grad is None and torch.equal(value, ours[0])
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="lattice was built for"):
+        grouped.apply(values[:4])
+
+
+def test_image_groups_are_cpu_only_and_whole_batch_when_small(monkeypatch):
+    """Images of at least _GROUP_PIXELS pixels make one group each; smaller ones are
+    grouped; split=False (what accelerators get) keeps one batch lattice."""
+    feats = torch.rand(3, 64, 4) * 2
+    monkeypatch.setattr(T, "_GROUP_PIXELS", 64)
+    assert isinstance(T.build(feats), T.ImageLattices)
+    assert len(T.build(feats).parts) == 3
+    assert isinstance(T.build(feats, split=False), T.TorchLattice)
+    monkeypatch.setattr(T, "_GROUP_PIXELS", 1000)
+    assert isinstance(T.build(feats), T.TorchLattice)  # all three in one group
+
+
+def test_image_group_errors_come_from_their_task(monkeypatch):
+    """A bad image in one group raises the build's ValueError from the task pool."""
+    feats = torch.rand(4, 50, 3)
+    feats[2, 7, 0] = 1e13
+    monkeypatch.setattr(T, "_GROUP_PIXELS", 50)
+    from rloss._threads import threads as scoped_threads
+
+    with scoped_threads(2), pytest.raises(ValueError, match="too large or not finite"):
+        T.build(feats)
+
+
+def test_densecrf_loss_on_image_groups_matches_numba(monkeypatch):
+    """The DenseCRF loss (which runs its torch work under torch_threads(1)) on the
+    grouped CPU lattice: value and gradient as the numba backend's."""
+    from rloss._threads import threads as scoped_threads
+    from rloss.losses import densecrf_loss
+
+    n, k, h, w = 3, 4, 12, 14
+    monkeypatch.setattr(T, "_GROUP_PIXELS", h * w)  # one group per image
+    g = torch.Generator().manual_seed(11)
+    image = torch.rand(n, 3, h, w, generator=g) * 255
+    probs = torch.rand(n, k, h, w, generator=g).softmax(1)
+    roi = (torch.rand(n, h, w, generator=g) > 0.2).float()
+    grouped_calls = []
+    real = T.ImageLattices.quadratic_form
+
+    def counted(self, *args, **kwargs):
+        grouped_calls.append(len(self.parts))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(T.ImageLattices, "quadratic_form", counted)
+    out = {}
+    with scoped_threads(2):
+        for backend in ("torch", "numba"):
+            p = probs.clone().requires_grad_()
+            loss = densecrf_loss(image, p, roi, weight=1.0, sigma_xy=5.0, backend=backend)
+            loss.backward()
+            out[backend] = (loss.detach(), p.grad)
+    assert grouped_calls == [n]  # the torch loss ran on the grouped lattice
+    torch.testing.assert_close(out["torch"][0], out["numba"][0], rtol=1e-5, atol=0)
+    gt, gn = out["torch"][1], out["numba"][1]
+    torch.testing.assert_close(gt, gn, rtol=1e-5, atol=1e-6 * float(gn.abs().max()))
+
+
+def test_filter_through_image_groups_backpropagates(monkeypatch):
+    """Lattice.filter on grouped images (two threads): forward and backward as the
+    batch lattice's, and the tasks record no autograd history of their own."""
+    from rloss._threads import threads as scoped_threads
+
+    g = torch.Generator().manual_seed(5)
+    feats = torch.rand(3, 4, 9, 10, generator=g) * 3
+    values = torch.rand(3, 2, 9, 10, generator=g)
+    weights = torch.rand(3, 2, 9, 10, generator=g)
+    grads = []
+    for group_pixels in (90, 10**9):  # one image per group, then one batch lattice
+        monkeypatch.setattr(T, "_GROUP_PIXELS", group_pixels)
+        with scoped_threads(2):
+            lat = Lattice(feats, backend="torch")
+            v = values.clone().requires_grad_()
+            out = lat.filter(v)
+            (out * weights).sum().backward()
+        assert isinstance(lat._impl, T.ImageLattices if group_pixels == 90 else T.TorchLattice)
+        assert out.grad_fn is not None and out.grad_fn.next_functions[-1][0] is not None
+        grads.append((out.detach(), v.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-6, atol=1e-6)

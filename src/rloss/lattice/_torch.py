@@ -37,8 +37,16 @@ around one such pass: it writes its input pixel-major straight from ``x`` and
 vertices (``s^T W y = alpha (S s)^T B (S y)``) instead of the pixels, and
 writes the gradient channel-major straight from the slice.
 
+On the CPU, :func:`build` splits the batch into groups of whole images
+(:class:`ImageLattices`, at least ``_GROUP_PIXELS`` pixels each), built and
+filtered as tasks on :func:`rloss._threads.run_tasks` with torch on one
+thread per task: there most of these ops are memory bound with random
+access, a per-image working set stays in cache where the batch's does not,
+and threads that share out whole images scale where per-op parallelism on a
+busy machine does not. Other devices build the one batch lattice.
+
 Host synchronisation: ``apply`` and ``quadratic_form`` never synchronise.
-:func:`build` does twice, and only there: once to read back the elevated
+:func:`build` does twice (per group on the CPU), and only there: once to read back the elevated
 extent (validation and the key layout, one transfer) and once for the number
 of vertices ``M``, which sizes every lattice tensor (the fallback
 relabelling path, taken only when packed keys would overflow int64, adds one
@@ -52,14 +60,16 @@ The result reproduces the rloss reference lattice (tolerance A of
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rloss._threads import get_numba_threads, run_tasks, torch_threads
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions, elevation_scales
 
-__all__ = ["TorchLattice", "build"]
+__all__ = ["ImageLattices", "TorchLattice", "build"]
 
 #: Packed int64 keys are used when ``N (d+1) prod(q ranges) < 2**_MAX_PACKED_BITS``;
 #: otherwise the exact per-coordinate relabelling path is taken
@@ -116,7 +126,7 @@ class _Simplex:
             differentials, ties to the lower coordinate as in the reference's
             pairwise loop, then shifted by ``sum(rem0) / (d+1)`` and wrapped).
         m: ``(Q, d+1)`` int32/int64 (``int_dtype``), remainder-0 point
-            ``/ (d+1)`` of coordinate ``coord[:, t]`` after the wrap.
+            ``/ (d+1)`` after the wrap, in coordinate order.
         bary: ``(Q, d+1)`` float32 barycentric weight of the remainder-``r``
             vertex in column ``r`` (rows sum to 1).
     """
@@ -134,7 +144,9 @@ class _Simplex:
         down.floor_()
         closer_up = torch.mul(up, d1).sub_(el)
         closer_up = closer_up < torch.mul(down, d1).neg_().add_(el)
-        m = torch.where(closer_up, up, down, out=up)  # float32, integer valued
+        # m = up where closer_up else down, as down + closer_up (up - down): a
+        # where() on this unpredictable mask costs 10x more on the CPU (it branches)
+        m = up.sub_(down).mul_(closer_up).add_(down)  # float32, integer valued
         del down, closer_up
         diff = torch.mul(m, d1).neg_().add_(el)  # el - (d+1) m
         # sum(rem0) / (d+1): a float32 matrix-vector product is exact while every
@@ -148,19 +160,26 @@ class _Simplex:
             total = m_int.sum(dim=1, keepdim=True)
         del m
 
-        order = torch.sort(diff, dim=1, descending=True, stable=True).indices
+        k = _descending_positions(diff).t()  # (Q, d+1) sorted position of each coordinate
         del diff
-        rank = torch.arange(d, -1, -1, device=dev)  # final rank d - t of column t
-        # final rank of sorted position k is (k + total) mod (d+1); invert the roll
-        pos = (rank - total).remainder_(d1)  # sorted position of each final rank
-        self.coord = order.gather(1, pos)
-        del order
-        # wrap: (k + total - rank) / (d+1) in {-1, 0, 1}, k = pos
-        wrap = pos.sub_(rank).add_(total).div_(d1, rounding_mode="floor").to(int_dtype)
-        self.m = m_int.gather(1, self.coord).sub_(wrap)
+        # final rank (k + total) mod (d+1), and the wrap (k + total) div (d+1) in {-1, 0, 1},
+        # from total = (d+1) t_div + t_mod once per point (k + t_mod < 2 (d+1) fits k's dtype)
+        k += total.remainder(d1).to(k.dtype)
+        over = k >= d1
+        wrap = over.to(int_dtype).add_(total.div_(d1, rounding_mode="floor").to(int_dtype))
+        k.sub_(over.to(k.dtype).mul_(d1))  # the final rank of each coordinate
+        del over
+        # column t holds the coordinate of final rank d - t
+        rank = torch.arange(d1, device=dev).expand(q, d1)
+        self.coord = torch.empty(q, d1, dtype=torch.int64, device=dev)
+        self.coord.scatter_(1, k.to(torch.int64).neg_().add_(d), rank)
+        del k
+        self.m = m_int.sub_(wrap)
         del wrap, m_int
-        vs = (self.m * d1).to(torch.float32)
-        torch.sub(el.gather(1, self.coord), vs, out=vs).mul_(down_factor)  # v of rank d - t
+        v = (self.m * d1).to(torch.float32)
+        torch.sub(el, v, out=v).mul_(down_factor)
+        vs = v.gather(1, self.coord)  # v of rank d - t
+        del v
         # reference: b[d - rank_i] += v_i, b[d + 1 - rank_i] -= v_i, b[0] += 1 + b[d + 1],
         # i.e. b[t] = v(rank d - t) - v(rank d + 1 - t) and b[0] = v(rank d) + (1 - v(rank 0))
         bary = torch.empty(q, d1, dtype=torch.float32, device=dev)
@@ -177,7 +196,28 @@ class _Simplex:
     def rem0(self) -> Tensor:
         """``(Q, d+1)`` int64 remainder-0 point (after the rank wrap), coordinate order."""
         d1 = self.coord.shape[1]
-        return torch.empty_like(self.coord).scatter_(1, self.coord, self.m.to(torch.int64) * d1)
+        return self.m.to(torch.int64) * d1
+
+
+def _descending_positions(diff: Tensor) -> Tensor:
+    """``(d+1, Q)`` position of each coordinate in a stable descending sort of each
+    row of the ``(Q, d+1)`` ``diff`` (ties: the lower coordinate first, as the
+    reference's pairwise loop); uint8 (int32 when ``d+1 > 127``), coordinate-major.
+
+    One comparison per pair of coordinates, ``d (d+1) / 2`` elementwise ops over
+    the ``Q`` points (a row-wise ``sort`` of ``d+1`` values costs several times more).
+    """
+    q, d1 = diff.shape
+    cols = diff.t().contiguous()
+    k = torch.zeros(d1, q, dtype=torch.uint8 if d1 < 128 else torch.int32, device=diff.device)
+    for i in range(d1):
+        for j in range(i + 1, d1):
+            # j precedes i only when strictly greater (as 0/1 bytes: bool has no minus)
+            later_first = torch.gt(cols[j], cols[i]).view(torch.uint8)
+            k[i] += later_first
+            k[j] -= later_first
+        k[i + 1 :] += 1
+    return k
 
 
 def _simplex(el: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -227,10 +267,9 @@ class _KeyLayout:
         return out
 
 
-def _packed_keys(
-    simplex: _Simplex, image: Tensor, layout: _KeyLayout, dtype: torch.dtype
-) -> Tensor:
-    """``(Q, d+1)`` keys (``dtype``) of the ``d+1`` vertices of each point's simplex.
+def _packed_keys(simplex: _Simplex, batch: int, layout: _KeyLayout, dtype: torch.dtype) -> Tensor:
+    """``(Q, d+1)`` keys (``dtype``) of the ``d+1`` vertices of each point's simplex
+    (``Q = batch * P`` points, image-major).
 
     ``q_i`` of the remainder-``r`` vertex is ``m_i`` lowered by one for the
     ``r`` coordinates of highest final rank (``coord[:, :r]``): ``key_r = key_0
@@ -242,11 +281,13 @@ def _packed_keys(
     dev = coord.device
     stride = torch.tensor([*layout.strides, 0], dtype=dtype, device=dev)
     lo = torch.tensor([*layout.lo, 0], dtype=simplex.m.dtype, device=dev)
-    stride_f = stride.take(coord)  # stride of coordinate coord[:, t]
-    q0 = lo.take(coord).neg_().add_(simplex.m).to(dtype)  # q - lo of the remainder-0 vertex
-    base = q0.mul_(stride_f).sum(dim=1, dtype=dtype)
+    q0 = torch.sub(simplex.m, lo).to(dtype)  # q - lo of the remainder-0 vertex
+    base = q0.mul_(stride).sum(dim=1, dtype=dtype)  # (no integer matmul on CUDA)
     del q0
-    base += image.to(dtype) * layout.image_stride
+    stride_f = stride.index_select(0, coord.view(-1)).view(coord.shape)  # of coord[:, t]
+    if batch > 1:
+        image = torch.arange(batch, dtype=dtype, device=dev).mul_(layout.image_stride)
+        base.view(batch, -1).add_(image.unsqueeze(1))
     keys = torch.empty(coord.shape[0], d1, dtype=dtype, device=dev)
     keys[:, 0] = base
     torch.cumsum(stride_f[:, :d], dim=1, out=keys[:, 1:])
@@ -281,7 +322,7 @@ def _lookup(sorted_keys: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
     m = sorted_keys.numel()
     pos = torch.searchsorted(sorted_keys, query)
     pos_c = pos.clamp(max=m - 1)
-    found = (pos < m) & (sorted_keys[pos_c] == query)
+    found = (pos < m) & (sorted_keys.index_select(0, pos_c.view(-1)).view(pos_c.shape) == query)
     return pos_c, found
 
 
@@ -308,7 +349,7 @@ def _number_vertices(keys: Tensor, idx_dtype: torch.dtype) -> tuple[Tensor, Tens
     torch.ne(sorted_keys[1:], sorted_keys[:-1], out=change[1:])
     # Host sync 2 of 2: the number of vertices M sizes every later tensor
     starts = change.nonzero().squeeze(1)
-    unique_keys = sorted_keys[starts]
+    unique_keys = sorted_keys.index_select(0, starts)
     del sorted_keys
     vid = change.cumsum(0, dtype=idx_dtype).sub_(1)
     del change
@@ -319,25 +360,32 @@ def _number_vertices(keys: Tensor, idx_dtype: torch.dtype) -> tuple[Tensor, Tens
 def _packed_neighbours(unique_keys: Tensor, layout: _KeyLayout) -> Tensor:
     """``(d+1, 2, M)`` int64 ids of each vertex's blur neighbours (``M`` = missing).
 
-    All ``2 (d+1)`` neighbour keys of a group of vertices are formed by one
-    broadcast ``where`` (the shift depends only on whether the vertex's
-    remainder wraps) and looked up by one ``searchsorted``.
+    Only the ``d+1`` neighbours ``n1`` are looked up: all ``n1`` keys of a
+    group of vertices are formed by one broadcast ``where`` (the shift depends
+    only on whether the vertex's remainder wraps) and found by one
+    ``searchsorted``. ``n2`` of direction ``j`` is the inverse step, so
+    ``n2[n1[v]] = v`` wherever ``n1[v]`` exists and ``n2`` is missing
+    elsewhere: one scatter (missing ``n1`` write into a spare slot ``M``).
     """
     m = unique_keys.numel()
     d = layout.d
     dev = unique_keys.device
-    shifts = torch.tensor(layout.neighbour_shifts(), dtype=torch.int64, device=dev)
-    rem = unique_keys.remainder(d + 1)
-    # (2, M): does neighbour n1 (wraps at r = 0) / n2 (wraps at r = d) wrap?
-    wraps = torch.stack([rem == 0, rem == d]).repeat(d + 1, 1)  # (2(d+1), M)
-    neighbours = torch.empty(2 * (d + 1), m, dtype=torch.int64, device=dev)
-    for group in _groups(2 * (d + 1), m):
+    shifts = torch.tensor(layout.neighbour_shifts()[0::2], dtype=torch.int64, device=dev)
+    # (1, M): does neighbour n1 wrap (at remainder 0)?
+    wraps = (unique_keys.remainder(d + 1) == 0).unsqueeze(0)
+    n1 = torch.empty(d + 1, m, dtype=torch.int64, device=dev)
+    for group in _groups(d + 1, m):
         sel = slice(group.start, group.stop)
-        step = torch.where(wraps[sel], shifts[sel, 2:3], shifts[sel, 1:2])
+        step = torch.where(wraps, shifts[sel, 2:3], shifts[sel, 1:2])
         query = (unique_keys.to(torch.int64) + step).to(unique_keys.dtype).view(-1)
         pos, found = _lookup(unique_keys, query)
-        neighbours[sel] = torch.where(found, pos, m).view(len(group), m)
-    return neighbours.view(d + 1, 2, m)
+        n1[sel] = torch.where(found, pos, m).view(len(group), m)
+    neighbours = torch.empty(d + 1, 2, m + 1, dtype=torch.int64, device=dev)
+    neighbours[:, 0, :m] = n1
+    neighbours[:, 1] = m
+    ids = torch.arange(m, device=dev).expand(d + 1, m)
+    neighbours[:, 1].scatter_(1, n1, ids)  # n1 is one-to-one where found
+    return neighbours[:, :, :m]
 
 
 def _relabel(
@@ -480,7 +528,7 @@ class TorchLattice:
             offsets[:m] = starts
             offsets[m:] = e
             pixel = perm.to(idx).div_(d1, rounding_mode="floor")
-            self._bags = (pixel, offsets, self._weight.reshape(-1)[perm])
+            self._bags = (pixel, offsets, self._weight.reshape(-1).index_select(0, perm))
             self._splat_order = None
         return self._bags
 
@@ -529,7 +577,9 @@ class TorchLattice:
         """``(Q, C)`` pixel-major values -> ``(Q, C)`` filtered."""
         return self._slice(self._blur(self._splat(flat), transpose))
 
-    def apply(self, values: Tensor, *, transpose: bool = False) -> Tensor:
+    def apply(
+        self, values: Tensor, *, transpose: bool = False, out: Tensor | None = None
+    ) -> Tensor:
         """Filter ``values`` over the lattice.
 
         The lattice operator is ``W = alpha S^T B_d ... B_0 S`` (splat ``S``,
@@ -544,21 +594,30 @@ class TorchLattice:
             values: ``(N, C, P)`` float32 or float64 (other float dtypes are
                 computed in float32), on the lattice's device.
             transpose: apply ``W^T`` instead of ``W``.
+            out: ``(N, C, P)`` tensor of the result dtype to write into
+                (e.g. a slice of a larger batch), or ``None``.
 
         Returns:
             ``(N, C, P)`` filtered values, float64 for float64 input and
-            float32 otherwise.
+            float32 otherwise (``out`` when given).
         """
         n, c, p = values.shape
         self._check_shape(n, p, values.shape)
         dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
         # (N*P, C): each pixel's C channels contiguous
         flat = values.to(dtype).permute(0, 2, 1).reshape(n * p, c)
-        out = self._filter_rows(flat, transpose)
-        return out.view(n, p, c).permute(0, 2, 1).contiguous()
+        rows = self._filter_rows(flat, transpose).view(n, p, c).permute(0, 2, 1)
+        if out is None:
+            return rows.contiguous()
+        return out.copy_(rows)
 
     def quadratic_form(
-        self, x: Tensor, r: Tensor, normalize: bool, grad_scale: float | None
+        self,
+        x: Tensor,
+        r: Tensor,
+        normalize: bool,
+        grad_scale: float | None,
+        grad_out: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None, None]:
         """Fused quadratic form: see :meth:`rloss.lattice.Lattice.quadratic_form`.
 
@@ -571,6 +630,8 @@ class TorchLattice:
             r: ``(N, P)`` weights of the same dtype.
             normalize: divide by ``rᵀ W r`` per image.
             grad_scale: factor of the gradient, or ``None`` for no gradient.
+            grad_out: ``(N, K, P)`` tensor of ``x``'s dtype that receives the
+                gradient (e.g. a slice of a larger batch), or ``None``.
 
         Returns:
             ``(value (N,), volume (N,), grad (N, K, P) or None, None)``; the last
@@ -580,7 +641,13 @@ class TorchLattice:
         self._check_shape(n, p, x.shape)
         dtype, dev = x.dtype, x.device
         vals = torch.empty(n, p, k + 1, dtype=dtype, device=dev)
-        torch.mul(x.transpose(1, 2), r.unsqueeze(2), out=vals[:, :, :k])
+        if dev.type == "cpu":
+            # s = x r channel-major first: x is read in order (on the CPU a transposed
+            # read of a batch that is not in cache is latency bound), then transposed
+            # from cache; elsewhere one kernel writes s straight into place
+            vals[:, :, :k].copy_(torch.mul(x, r.unsqueeze(1)).transpose(1, 2))
+        else:
+            torch.mul(x.transpose(1, 2), r.unsqueeze(2), out=vals[:, :, :k])
         vals[:, :, k] = r
         flat = vals.view(n * p, k + 1)
         splat = self._splat(flat)  # (M+1, K+1) = S [s, r]
@@ -607,7 +674,7 @@ class TorchLattice:
         ws, wr = filt[:, :, :k], filt[:, :, k:]
         # grad = c (W r − 2 W s), c = coef r, written channel-major in one pass
         c = (r * coef.unsqueeze(1)).unsqueeze(2)
-        grad = torch.empty(n, k, p, dtype=dtype, device=dev)
+        grad = torch.empty(n, k, p, dtype=dtype, device=dev) if grad_out is None else grad_out
         torch.addcmul(c * wr, ws, c, value=-2.0, out=grad.transpose(1, 2))
         return value, volume, grad, None
 
@@ -630,7 +697,130 @@ class TorchLattice:
             )
 
 
-def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLattice:
+class ImageLattices:
+    """CPU: the batch as consecutive groups of images, one :class:`TorchLattice` each.
+
+    Built and used as independent tasks on :func:`rloss._threads.run_tasks`,
+    each with torch on one thread (torch ops release the GIL), so that the
+    threads share out whole images instead of splitting every tensor
+    operation: on the CPU most lattice ops (sort, gathers, ``embedding_bag``)
+    are memory bound with random access, and the per-image working set stays
+    in cache while the batch's does not. The batch lattice numbers vertices
+    image-major (the image is the key's leading digit), so the groups' vertex
+    sets, filters and sums are those of the batch lattice.
+
+    Same interface as :class:`TorchLattice` (``apply``, ``quadratic_form`` and
+    the size attributes); ``parts`` are the groups' lattices, ``bounds`` their
+    first images (and ``batch`` at the end).
+    """
+
+    def __init__(self, parts: list[TorchLattice], bounds: list[int]) -> None:
+        self.parts = parts
+        self.bounds = bounds
+        self.batch = bounds[-1]
+        self.num_pixels = parts[0].num_pixels
+        self.dim = parts[0].dim
+        self.num_vertices = sum(part.num_vertices for part in parts)
+        self.packed = all(part.packed for part in parts)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageLattices(batch={self.batch}, groups={len(self.parts)}, "
+            f"num_pixels={self.num_pixels}, dim={self.dim}, num_vertices={self.num_vertices})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    def _span(self, i: int) -> slice:
+        return slice(self.bounds[i], self.bounds[i + 1])
+
+    def apply(
+        self, values: Tensor, *, transpose: bool = False, out: Tensor | None = None
+    ) -> Tensor:
+        """:meth:`TorchLattice.apply`, group by group into one ``(N, C, P)`` result."""
+        n, c, p = values.shape
+        self._check_shape(n, p, values.shape)
+        dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+        if out is None:
+            out = torch.empty(n, c, p, dtype=dtype, device=values.device)
+
+        def task(i: int) -> None:
+            at = self._span(i)
+            self.parts[i].apply(values[at], transpose=transpose, out=out[at])
+
+        _run_groups(task, len(self.parts))
+        return out
+
+    def quadratic_form(
+        self,
+        x: Tensor,
+        r: Tensor,
+        normalize: bool,
+        grad_scale: float | None,
+        grad_out: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, None]:
+        """:meth:`TorchLattice.quadratic_form`, group by group (per-image sums as there)."""
+        n, k, p = x.shape
+        self._check_shape(n, p, x.shape)
+        grad = grad_out
+        if grad_scale is not None and grad is None:
+            grad = torch.empty(n, k, p, dtype=x.dtype, device=x.device)
+        value = torch.empty(n, dtype=x.dtype, device=x.device)
+        volume = torch.empty(n, dtype=x.dtype, device=x.device)
+
+        def task(i: int) -> None:
+            at = self._span(i)
+            q = self.parts[i].quadratic_form(
+                x[at], r[at], normalize, grad_scale, None if grad is None else grad[at]
+            )
+            value[at], volume[at] = q[0], q[1]
+
+        _run_groups(task, len(self.parts))
+        return value, volume, None if grad_scale is None else grad, None
+
+    _check_shape = TorchLattice._check_shape
+
+
+#: Fewest pixels of one group of images of :class:`ImageLattices` (smaller images
+#: are grouped, so that per-operation overhead stays small against the work).
+_GROUP_PIXELS = 1 << 15
+
+
+def _run_groups(task: Callable[[int], None], ntasks: int) -> None:
+    """Run ``task(i)`` for ``i < ntasks`` as tasks of :func:`rloss._threads.run_tasks`
+    with torch on one thread inside every task (restored afterwards).
+
+    The thread count is the CPU lattice's, numba's count of the calling thread
+    (as for the numba backend; :func:`rloss._threads.threads` sets both), or
+    torch's without numba: the CPU losses run their torch work under
+    ``torch_threads(1)``, which must not serialise the lattice. The tasks run
+    in the caller's grad mode (thread-local in torch: a pool thread would
+    otherwise record autograd history inside ``Lattice.filter``'s forward).
+    """
+    nthreads = get_numba_threads() or torch.get_num_threads()
+    nthreads = min(nthreads, ntasks)
+    if nthreads <= 1:
+        for i in range(ntasks):
+            task(i)
+        return
+    grad_mode = torch.is_grad_enabled()
+
+    def one(i: int, slot: int) -> None:
+        # a pool thread keeps the count torch had when it first ran an op
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
+        with torch.set_grad_enabled(grad_mode):
+            task(i)
+
+    with torch_threads(1):
+        run_tasks(one, ntasks, nthreads)
+
+
+def build(
+    features: Tensor, options: BuildOptions = DEFAULT_OPTIONS, *, split: bool | None = None
+) -> TorchLattice | ImageLattices:
     """Build the lattice for a batch of per-pixel feature vectors.
 
     Args:
@@ -639,9 +829,15 @@ def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLat
             dtypes are converted to float32.
         options: :class:`~rloss.lattice.BuildOptions`; only ``keys`` applies
             (``"full"``: the relabelling path; ``"packed"``: packed or an error).
+        split: ``True``: an :class:`ImageLattices` of groups of images of at
+            least ``_GROUP_PIXELS`` pixels (one :class:`TorchLattice` when that
+            is the whole batch); ``False``: one :class:`TorchLattice` for the
+            batch; ``None``: split on the CPU only (accelerators run the
+            batch lattice, whose every op is one large kernel).
 
     Returns:
-        A :class:`TorchLattice` whose ``apply`` filters ``(N, C, P)`` values.
+        A :class:`TorchLattice` (or :class:`ImageLattices`) whose ``apply``
+        filters ``(N, C, P)`` values.
 
     Raises:
         ValueError: on a bad shape or features whose elevated coordinates
@@ -655,6 +851,24 @@ def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLat
         raise ValueError(f"features must be non-empty (N, P, d), got {(n, p, d)}")
     if not features.is_floating_point():
         raise ValueError(f"features must be floating point, got dtype {features.dtype}")
+    if split is None:
+        split = features.device.type == "cpu"
+    per = max(1, -(-_GROUP_PIXELS // p))  # images per group
+    if not split or per >= n:
+        return _build_batch(features, options)
+    bounds = [*range(0, n, per), n]
+    parts: list[TorchLattice | None] = [None] * (len(bounds) - 1)
+
+    def task(i: int) -> None:
+        parts[i] = _build_batch(features[bounds[i] : bounds[i + 1]], options)
+
+    _run_groups(task, len(parts))
+    return ImageLattices(parts, bounds)  # type: ignore[arg-type]
+
+
+def _build_batch(features: Tensor, options: BuildOptions) -> TorchLattice:
+    """:func:`build` of one batch lattice (``features`` already checked)."""
+    n, p, d = (int(s) for s in features.shape)
     dev = features.device
     d1 = d + 1
     f = features.detach().to(torch.float32).reshape(n * p, d)
@@ -662,8 +876,11 @@ def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLat
 
     # Host sync 1 of 2 (construction only): the elevated magnitude (validity) and
     # the per-coordinate ranges that choose the packed key layout, one transfer
-    lo_el, hi_el = torch.aminmax(el, dim=0)
-    stats = torch.cat([lo_el, hi_el]).tolist()
+    # (reduced along rows of the transpose: over the (Q, d+1) columns the CPU
+    # reductions take 2-5x longer than the copy and both reductions together)
+    cols = el.t().contiguous()
+    stats = torch.cat([cols.amin(1), cols.amax(1)]).tolist()
+    del cols
     lo_el, hi_el = stats[:d1], stats[d1:]
     peak = max(-min(lo_el), max(hi_el))
     if not peak < _MAX_ELEVATED:  # also catches NaN/Inf (NaN propagates into aminmax)
@@ -687,9 +904,7 @@ def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> TorchLat
     idx_dtype = _index_dtype(n * p * d1)
     if packed:
         key_dtype = torch.int32 if layout.capacity < _INT32_LIMIT else torch.int64
-        image = torch.arange(n, device=dev, dtype=key_dtype).repeat_interleave(p)
-        keys = _packed_keys(simplex, image, layout, key_dtype)
-        del image
+        keys = _packed_keys(simplex, n, layout, key_dtype)
         bary = simplex.bary
         del simplex
         unique_keys, starts, perm, vertex = _number_vertices(keys.view(-1), idx_dtype)
