@@ -140,6 +140,30 @@ def test_potts_on_image_torch_and_numba_lattices_agree_on_a_photograph():
     assert (d[0] - d[1]).abs().max() <= 1e-4 * d[1].abs().max()
 
 
+def test_segment_image_runs_on_one_torch_thread_by_default_and_restores(monkeypatch):
+    import rloss.segment as seg
+
+    seen = []
+    original = seg.ScribbleCrossEntropy.__call__
+
+    def spy(self, coarse):
+        seen.append(torch.get_num_threads())
+        return original(self, coarse)
+
+    monkeypatch.setattr(seg.ScribbleCrossEntropy, "__call__", spy)
+    img, scr, _ = _toy()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        segment_image(img, scr, steps=2)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        seen.clear()
+        segment_image(img, scr, steps=1, threads=None)
+        assert seen == [2]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_segment_image_default_backend_does_not_import_numba():
     """``segment_image`` with the default lattice (torch) never imports numba, even with
     ``threads`` set: numba's import and kernel cache load cost about a second."""

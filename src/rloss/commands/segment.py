@@ -91,8 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "under 0.1 s on the capped score grid)",
     )
     p.add_argument(
-        "--threads", type=positive_int, default=None,
-        help="torch CPU threads, and numba's with --backend numba (unset: as they are)"
+        "--threads", type=positive_int, default=DEFAULTS["threads"],
+        help="torch CPU threads, and numba's with --backend numba (one is fastest for "
+        "this chain of small operations unless the machine is idle; try 2)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
