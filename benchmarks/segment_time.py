@@ -67,8 +67,20 @@ def make_case(work: Path) -> tuple[Path, Path]:
 
 def run_once(png: Path, txt: Path, out: Path, flags: list[str]) -> tuple[float, float, float]:
     """(wall, user, sys) seconds of one ``rloss segment`` process."""
-    cmd = [sys.executable, "-m", "rloss.cli", "segment", str(png), "--scribbles", str(txt),
-           "--out", str(out), "--quiet", "--overwrite", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rloss.cli",
+        "segment",
+        str(png),
+        "--scribbles",
+        str(txt),
+        "--out",
+        str(out),
+        "--quiet",
+        "--overwrite",
+        *flags,
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -81,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp"), help="where the case is written")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--variant", action="append", default=None,
-                    help="extra rloss segment flags (repeatable; default: none)")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help="extra rloss segment flags (repeatable; default: none)",
+    )
     args = ap.parse_args(argv)
     variants = args.variant if args.variant else [""]
     png, txt = make_case(args.work)
@@ -93,12 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             load = os.getloadavg()[0]
             wall, user, sys_ = run_once(png, txt, out, v.split())
             times[v].append((wall, user, sys_))
-            print(f"run {i + 1} [{v or 'defaults'}] load {load:.2f}: wall {wall:.2f} s, "
-                  f"user {user:.2f} s, sys {sys_:.2f} s", flush=True)
+            print(
+                f"run {i + 1} [{v or 'defaults'}] load {load:.2f}: wall {wall:.2f} s, "
+                f"user {user:.2f} s, sys {sys_:.2f} s",
+                flush=True,
+            )
     for v, rows in times.items():
         med = [statistics.median(r[j] for r in rows) for j in range(3)]
-        print(f"median of {len(rows)} [{v or 'defaults'}]: wall {med[0]:.2f} s, "
-              f"user {med[1]:.2f} s, sys {med[2]:.2f} s")
+        print(
+            f"median of {len(rows)} [{v or 'defaults'}]: wall {med[0]:.2f} s, "
+            f"user {med[1]:.2f} s, sys {med[2]:.2f} s"
+        )
     return 0
 
 
