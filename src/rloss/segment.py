@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "sigma_xy": 40.0,
     "scale": 0.5,
     "max_grid_pixels": 20_000,
-    "steps": 200,
+    "steps": 160,
     "lr": 0.01,
     "schedule": "constant",
     "tol": 0.0,
