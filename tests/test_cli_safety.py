@@ -193,7 +193,10 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["segment", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--steps STEPS optimisation steps (default: 200)" in out
+    from rloss.segment import DEFAULT_BACKEND, DEFAULTS
+
+    assert f"--steps STEPS optimisation steps (default: {DEFAULTS['steps']})" in out
+    assert f"(default: {DEFAULT_BACKEND})" in out and "try 2) (default: 1)" in out
     assert "(default: None)" not in out and "(default: False)" not in out
 
 

@@ -113,6 +113,83 @@ def test_potts_on_image_equals_densecrf_loss(normalize):
     assert d.abs().max() <= 1e-4 * g2.abs().max()
 
 
+def test_potts_on_image_torch_and_numba_lattices_agree_on_a_photograph():
+    """The default (torch) lattice of ``rloss segment`` gives the numba lattice's loss and
+    gradient on its score grid (coffee.png at the grid of a 500x375 photograph): the same
+    permutohedral algorithm, equal within float rounding (seen: 3e-6 of the gradient's
+    largest entry)."""
+    import torch.nn.functional as F
+
+    from rloss.segment import DEFAULT_BACKEND, working_grid
+
+    assert DEFAULT_BACKEND == "torch"
+    arr = read_image(_examples_dir() / "coffee.png")
+    image = torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1)[None]
+    hc, wc = working_grid((375, 500), 0.5, 20_000)
+    small = F.interpolate(image, size=(hc, wc), mode="bilinear", antialias=True)
+    g = torch.Generator().manual_seed(1)
+    probs = torch.randn(1, 3, hc, wc, generator=g).mul(3).softmax(1).requires_grad_(True)
+    kw = {"sigma_rgb": 15.0, "sigma_xy": 40.0 * hc / 375, "weight": 1.0, "normalize": True}
+    vals, grads = [], []
+    for backend in ("torch", "numba"):
+        loss = PottsOnImage(small, backend=backend, **kw)(probs)
+        vals.append(float(loss.detach()))
+        grads.append(torch.autograd.grad(loss, probs)[0])
+    assert vals[0] == pytest.approx(vals[1], rel=1e-5)
+    d = [gr - gr.mean(1, keepdim=True) for gr in grads]
+    assert (d[0] - d[1]).abs().max() <= 1e-4 * d[1].abs().max()
+
+
+def test_segment_image_runs_on_one_torch_thread_by_default_and_restores(monkeypatch):
+    import rloss.segment as seg
+
+    seen = []
+    original = seg.ScribbleCrossEntropy.__call__
+
+    def spy(self, coarse):
+        seen.append(torch.get_num_threads())
+        return original(self, coarse)
+
+    monkeypatch.setattr(seg.ScribbleCrossEntropy, "__call__", spy)
+    img, scr, _ = _toy()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        segment_image(img, scr, steps=2)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        seen.clear()
+        segment_image(img, scr, steps=1, threads=None)
+        assert seen == [2]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_segment_image_default_backend_does_not_import_numba():
+    """``segment_image`` with the default lattice (torch) never imports numba, even with
+    ``threads`` set: numba's import and kernel cache load cost about a second."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from rloss.segment import segment_image\n"
+        "img = np.full((24, 30, 3), 200, np.uint8); img[:, 15:] = 40\n"
+        "scr = np.full((24, 30), 255, np.int64); scr[10, 2:6] = 0; scr[10, 22:28] = 1\n"
+        "out = segment_image(img, scr, steps=3, threads=1)\n"
+        "assert out.shape == (24, 30)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    import os
+
+    import rloss
+
+    env = {**os.environ, "PYTHONPATH": str(Path(rloss.__file__).resolve().parents[1])}
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert res.stdout.strip() == "False", res.stdout + res.stderr
+
+
 # ----------------------------------------------------------------- segment_image
 
 

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import sys
 import itertools
 import os
 import threading
@@ -56,8 +57,14 @@ def _numba():  # numba is a core dependency; tolerate its absence (torch-only in
     return numba
 
 
-def get_numba_threads() -> int | None:
-    """Numba's thread count for the calling thread (``None`` without numba)."""
+def get_numba_threads(*, if_loaded: bool = False) -> int | None:
+    """Numba's thread count for the calling thread (``None`` without numba).
+
+    ``if_loaded``: ``None`` unless numba is already imported (asking would import
+    numba and start its thread pool, ~1 s, in a process that never uses it).
+    """
+    if if_loaded and "numba" not in sys.modules:
+        return None
     nb = _numba()
     return None if nb is None else int(nb.get_num_threads())
 

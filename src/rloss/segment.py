@@ -40,6 +40,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULTS",
+    "DEFAULT_BACKEND",
     "Adam",
     "EarlyStop",
     "OptimisationDiverged",
@@ -61,12 +62,20 @@ DEFAULTS: dict[str, Any] = {
     "sigma_xy": 40.0,
     "scale": 0.5,
     "max_grid_pixels": 20_000,
-    "steps": 200,
+    "steps": 160,
     "lr": 0.01,
     "schedule": "constant",
     "tol": 0.0,
     "normalize": True,
+    "threads": 1,
 }
+
+#: Lattice backend of the DenseCRF loss when ``backend=None``. The score grid is small
+#: (at most ``max_grid_pixels``, 20k by default), where the torch lattice costs about 2 ms
+#: per step (a 163x122 grid, 3 classes, one thread) and is built in under 0.1 s, while the
+#: numba backend would first import numba and load its compiled kernels from the cache
+#: (about 1 s of a 5 s budget; a minute of compiling on a fresh install).
+DEFAULT_BACKEND: str = "torch"
 
 #: Width in pixels of rasterised polyline strokes (as for ScribbleSup scribbles).
 STROKE_WIDTH: int = 3
@@ -507,7 +516,7 @@ def segment_image(
     seed: int = 0,
     device: str = "cpu",
     backend: str | None = None,
-    threads: int | None = None,
+    threads: int | None = DEFAULTS["threads"],
     progress: bool = False,
     return_probs: bool = False,
 ) -> Any:
@@ -539,10 +548,13 @@ def segment_image(
         normalize: use the DenseCRF loss's normalised (size-independent) form.
         seed: seeds the network initialisation (results are deterministic on CPU).
         device: torch device string for the optimisation.
-        backend: lattice backend (``None`` picks by device).
-        threads: torch and numba threads during the call (restored afterwards);
-            ``None`` keeps the current setting. One thread is often fastest for
-            this small workload on a busy machine.
+        backend: lattice backend of the DenseCRF loss; ``None``: ``"torch"`` (see
+            :data:`DEFAULT_BACKEND`).
+        threads: torch threads (and numba's, with the numba backend) during the call
+            (restored afterwards); ``None`` keeps the current setting. Default 1: a step
+            is a chain of ~40 small operations (0.05-1.5 ms each on a 163x122 grid),
+            where a second OpenMP thread saves little and, on a busy 2-core machine,
+            made the network's forward/backward 3x slower (median 119 vs 26 ms).
         progress: show a progress bar.
         return_probs: also return the ``(K, H, W)`` softmax and the label values.
 
@@ -594,7 +606,10 @@ def segment_image(
             f"short side of this {img.shape[2]}x{img.shape[1]} image; want scale >= "
             f"{min(1.0, (MIN_GRID_SIDE - 0.5) / short):.3g}"
         )
-    with _threads.threads(threads):
+    backend = DEFAULT_BACKEND if backend is None else backend
+    # numba's threads only matter (and numba is only imported) when its lattice is used
+    scoped = _threads.threads if backend == "numba" else _threads.torch_threads
+    with scoped(threads):
         labels_t, probs, values = _optimise(
             img,
             scr,

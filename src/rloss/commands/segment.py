@@ -31,7 +31,7 @@ OVERLAY_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rloss segment`` to the ``rloss`` command (argparse only; light)."""
-    from rloss.segment import _METHODS, DEFAULTS, EARLY_STOP_EVERY
+    from rloss.segment import _METHODS, DEFAULT_BACKEND, DEFAULTS, EARLY_STOP_EVERY
 
     p = add_command(
         subparsers,
@@ -86,8 +86,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the network initialisation")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
     p.add_argument(
-        "--threads", type=positive_int, default=None,
-        help="torch CPU threads (unset: torch's setting)"
+        "--backend", choices=("torch", "numba"), default=DEFAULT_BACKEND,
+        help="lattice backend of the DenseCRF loss (torch: no numba import, built in "
+        "under 0.1 s on the capped score grid)",
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=DEFAULTS["threads"],
+        help="torch CPU threads, and numba's with --backend numba (one is fastest for "
+        "this chain of small operations unless the machine is idle; try 2)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
@@ -172,6 +178,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             method=args.method,
             seed=args.seed,
             device=device,
+            backend=args.backend,
             threads=args.threads,
             progress=not args.quiet,
         )

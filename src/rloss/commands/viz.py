@@ -103,8 +103,8 @@ def _register_segment(subparsers: argparse._SubParsersAction) -> None:
                    help="which shipped photographs, in row order")
     p.add_argument("--steps", type=positive_int, default=DEFAULTS["steps"],
                    help="optimisation steps of each run (as rloss segment --steps)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (unset: torch's setting)")
+    p.add_argument("--threads", type=positive_int, default=DEFAULTS["threads"],
+                   help="torch CPU threads (as rloss segment --threads)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
     p.add_argument("--compress", action="store_true",
                    help="write a 256-colour palette PNG (about 4x smaller; as in docs/img)")
