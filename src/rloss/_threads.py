@@ -35,9 +35,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import sys
 import itertools
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
