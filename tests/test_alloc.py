@@ -102,7 +102,8 @@ R.densecrf_loss(image, torch.rand(1, 2, 16, 16).softmax(1), weight=1.0)
 print(_alloc.state())
 class MI(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+                ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks "
+                 "keepcost").split()]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MI
 libc.malloc.restype = ctypes.c_void_p

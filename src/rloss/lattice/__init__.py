@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 
 from rloss import _alloc
-from rloss.lattice import _pool
 from rloss.checks import check_finite, check_float_dtype, check_positive, check_spacing
+from rloss.lattice import _pool
 from rloss.lattice._common import (
     DEFAULT_CAPACITY_HINT,
     DEFAULT_OPTIONS,
@@ -618,8 +618,9 @@ def release_memory() -> int:
     """Free the idle scratch memory the numba backend keeps between calls.
 
     Large arrays of the numba backend (lattice entries, hash tables, lattice
-    rows, gradients) and CPU features (:func:`features_from_image`) are reused from call to call instead of being allocated
-    fresh (fresh pages cost page faults); at most 1 GiB of memory no array
+    rows, gradients) and CPU features (:func:`features_from_image`) are reused
+    from call to call instead of being allocated fresh (fresh pages cost page
+    faults); at most 1 GiB of memory no array
     refers to any more is kept. Call this after the last loss evaluation of a
     long job to give that memory back.
 

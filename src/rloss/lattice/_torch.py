@@ -794,10 +794,11 @@ def _run_groups(task: Callable[[int], None], ntasks: int) -> None:
 
     The thread count is the CPU lattice's, numba's count of the calling thread
     (as for the numba backend; :func:`rloss._threads.threads` sets both), or
-    torch's where numba is not imported (this backend never imports it): the CPU losses run their torch work under
-    ``torch_threads(1)``, which must not serialise the lattice. The tasks run
-    in the caller's grad mode (thread-local in torch: a pool thread would
-    otherwise record autograd history inside ``Lattice.filter``'s forward).
+    torch's where numba is not imported (this backend never imports it): the
+    CPU losses run their torch work under ``torch_threads(1)``, which must not
+    serialise the lattice. The tasks run in the caller's grad mode
+    (thread-local in torch: a pool thread would otherwise record autograd
+    history inside ``Lattice.filter``'s forward).
     """
     nthreads = get_numba_threads(if_loaded=True) or torch.get_num_threads()
     nthreads = min(nthreads, ntasks)

@@ -417,7 +417,7 @@ class NumbaLattice:
                                         nloc),
             ntask, nthreads,
         )  # fmt: skip
-        del tables
+        tables = None  # free (the tasks above are done)
         if (nloc < 0).any():
             return self._unpackable()
         hint.update(max(int(nloc.max()), 1))
@@ -436,7 +436,7 @@ class NumbaLattice:
                                         pu, nbr, counts),
             n_img, nthreads,
         )  # fmt: skip
-        del table, gkey, hh
+        table = gkey = hh = None  # free
         width = padded(k + 1)
         buf = _pool.empty((int(loff[-1]), width), dt)
         stats = np.empty((ntask, 4))
@@ -452,7 +452,7 @@ class NumbaLattice:
                                               lat_a, lat_b),
             n_img, nthreads,
         )  # fmt: skip
-        del buf, lmap, nbr
+        buf = lmap = nbr = None  # free
         lat = lat_b if dp1 % 2 == 1 else lat_a
         alpha = self.alpha
         volume = np.ones(n_img)
