@@ -99,6 +99,29 @@ def test_classes_are_told_by_local_texture():
     assert right / total > 0.9
 
 
+def test_stripes_are_nearly_axis_aligned():
+    # the dominant gradient direction of every striped object (structure tensor of the
+    # texture's brightness along its class axis) lies within the tilt of an image axis
+    from rloss.data.demo_scenes import MAX_TEXTURE_TILT, _CLASS_AXES
+
+    axis = _CLASS_AXES[1] / np.linalg.norm(_CLASS_AXES[1])
+    tilts = []
+    for s in SCENES:
+        m = s["mask"]
+        comp, n = ndimage.label(m == 1)
+        t = s["image"].astype(float) @ axis
+        gy, gx = np.gradient(t)
+        for i in range(1, n + 1):
+            inner = ndimage.binary_erosion(comp == i, iterations=2)
+            if inner.sum() < 30:
+                continue
+            jxx, jyy, jxy = (gx * gx)[inner].sum(), (gy * gy)[inner].sum(), (gx * gy)[inner].sum()
+            angle = 0.5 * np.arctan2(2 * jxy, jxx - jyy)  # of the gradient, in (-pi/2, pi/2]
+            tilts.append(min(abs(angle), abs(abs(angle) - np.pi / 2)))
+    assert len(tilts) >= 5
+    assert max(tilts) <= MAX_TEXTURE_TILT / 2 + np.radians(6)  # + estimation error
+
+
 def test_background_has_clutter_edges():
     # colour edges inside the background (material boundary, distractor blobs)
     with_edges = 0

@@ -40,9 +40,9 @@ DEFAULTS: dict[str, Any] = {
     "augment": {"scale_range": [1.0, 1.0], "flip": True},
     "batch_size": 8,
     "epochs": 10,
-    "finetune_epochs": 5,
+    "finetune_epochs": 10,
     "optim": {"name": "adamw", "lr": 0.003, "weight_decay": 1e-4, "schedule": "poly", "power": 0.9},
-    "finetune_lr": 0.001,
+    "finetune_lr": 0.003,
     "densecrf": {
         "weight": 6.0,
         "sigma_rgb": 30.0,
