@@ -102,7 +102,7 @@ def test_classes_are_told_by_local_texture():
 def test_stripes_are_nearly_axis_aligned():
     # the dominant gradient direction of every striped object (structure tensor of the
     # texture's brightness along its class axis) lies within the tilt of an image axis
-    from rloss.data.demo_scenes import MAX_TEXTURE_TILT, _CLASS_AXES
+    from rloss.data.demo_scenes import _CLASS_AXES, MAX_TEXTURE_TILT
 
     axis = _CLASS_AXES[1] / np.linalg.norm(_CLASS_AXES[1])
     tilts = []

@@ -10,9 +10,10 @@ the objects' extent open and the image's colour edges define it:
   (period 4-6 px), ``dots`` (a lattice of dots, period 5-7 px), ``checker`` (a
   checkerboard, cells of 2.5-3.5 px), each tilted by up to ±10°
   (:data:`MAX_TEXTURE_TILT`), and ``grain`` (pixel-scale random speckle). The
-  background is smooth (low-frequency shading). Colours are drawn per image for every region, from the same
-  distribution for every class, and shapes are random star-shaped blobs whatever the
-  class: neither colour nor shape says which class an object is.
+  background is smooth (low-frequency shading). Colours are drawn per image for every
+  region, from the same distribution for every class, and shapes are random
+  star-shaped blobs whatever the class: neither colour nor shape says which class an
+  object is.
 * **Boundaries are colour edges.** An object's colour differs from the colour of every
   region it lies on by at least :data:`MIN_CONTRAST` (RGB distance), about twice its
   texture's modulation, so a pairwise colour term (DenseCRF, sigma_rgb ~ 30) finds its
