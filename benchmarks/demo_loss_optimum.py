@@ -20,13 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from rloss.constants import IGNORE_INDEX
 from rloss.data.folder import SegmentationFolder
 from rloss.demo.report import predict
 from rloss.demo.settings import DEFAULTS
-from rloss.losses import densecrf_loss
+from rloss.losses import densecrf_loss, partial_cross_entropy
 from rloss.train.checkpoint import load_model
 from rloss.train.metrics import ConfusionMatrix, summarize
 
@@ -52,16 +50,14 @@ def main() -> int:
     torch.set_num_threads(1)
     for i in range(len(ds)):
         raw = ds.load_raw(i)
-        scr = torch.from_numpy(raw["scribble"].astype(np.int64))
-        labelled = scr != IGNORE_INDEX
+        scr = torch.from_numpy(raw["scribble"].astype(np.int64))[None]
         image = torch.from_numpy(raw["image"]).permute(2, 0, 1)[None].float()
         start = predict(model, raw["image"])  # (K, H, W) probabilities
         z = start.clamp_min(1e-6).log().clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=args.lr)
         for _ in range(args.steps):
-            probs = z.softmax(0)[None]
-            pce = F.nll_loss(probs[0][:, labelled].T.clamp_min(1e-8).log(), scr[labelled])
-            loss = pce + densecrf_loss(image, probs, None, **crf)
+            pce = partial_cross_entropy(z[None], scr)
+            loss = pce + densecrf_loss(image, z.softmax(0)[None], None, **crf)
             opt.zero_grad()
             loss.backward()
             opt.step()
