@@ -620,9 +620,8 @@ def release_memory() -> int:
     Large arrays of the numba backend (lattice entries, hash tables, lattice
     rows, gradients) and CPU features (:func:`features_from_image`) are reused
     from call to call instead of being allocated fresh (fresh pages cost page
-    faults); at most 1 GiB of memory no array
-    refers to any more is kept. Call this after the last loss evaluation of a
-    long job to give that memory back.
+    faults); at most 1 GiB of memory no array refers to any more is kept. Call
+    this after the last loss evaluation of a long job to give that memory back.
 
     Returns:
         The number of bytes released.
