@@ -12,9 +12,10 @@ backend uses :func:`numba_threads` to run small problems on one thread (waking
 the pool costs more than the work below about 32k pixels, see
 :class:`rloss.lattice.BuildOptions`); results never depend on the count.
 
-:func:`run_tasks` runs independent tasks (the lattice's per-image kernels,
-compiled ``nogil``) on that many threads of a small pool of its own, the
-calling thread included. Its idle threads sleep on a condition variable:
+:func:`run_tasks` runs independent tasks (the torch backend's image groups, and
+the numba lattice's ``nogil`` kernels where torch's OpenMP team is not available,
+see :mod:`rloss.lattice._numba._team`) on that many threads of a small pool of
+its own, the calling thread included. Its idle threads sleep on a condition variable:
 unlike an OpenMP team, which spins for milliseconds after every parallel
 region (libgomp's default ``OMP_WAIT_POLICY``), they take no CPU from torch's
 threads or anyone else between calls, and a thread that the OS preempts

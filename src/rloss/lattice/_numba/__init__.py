@@ -24,7 +24,7 @@ Map of the package (each module's docstring has the details):
 ``_filter``    splat, reduce, blur, slice (``W v`` for any number of channels)
 ``_quadratic`` the fused quadratic form ``Σ_k s_kᵀ W (r − s_k)`` and its
                gradient, batch and per image (build to slice in one kernel, one
-               ``nogil`` task per image on :func:`rloss._threads.run_tasks`;
+               ``nogil`` task per image on :func:`._team.run`;
                fewer than 8 images: the same in phases of block tasks)
 ``lattice``    ``NumbaLattice`` (validation, orchestration) and ``build``
 ============== ==============================================================

@@ -12,8 +12,9 @@ import math
 import numpy as np
 from numba import njit
 
-from rloss._threads import run_tasks
+from rloss._threads import get_numba_threads
 from rloss.lattice._common import elevation_scales
+from rloss.lattice._numba import _team
 from rloss.lattice._numba._simd import LANES, vfold
 
 #: Vertex keys are packed into one int64 when their coordinate ranges need at most
@@ -102,7 +103,7 @@ def embed_block(feats, scale, n, q0, nb, e_first, el, r0, rk, sm, ssum, vr, bary
 
 
 @njit(cache=True, nogil=True)
-def ranges_image(f, n, part, nonfinite):
+def ranges_image(n, slot, f, part, nonfinite):
     """Minimum and maximum per dimension of image ``n`` of ``f`` ``(N, P, d)`` into
     ``part[n]`` ``(2, d)``; ``nonfinite[n]``: whether it holds a NaN or an infinity
     (``x - x`` is NaN exactly then). Releases the GIL (a task of :func:`ranges`).
@@ -144,14 +145,21 @@ def ranges_image(f, n, part, nonfinite):
     nonfinite[n] = bad
 
 
+@njit(cache=True, nogil=True)
+def ranges_image_team(nthreads, hdr, args):
+    _team.team(ranges_image, nthreads, hdr, args)
+
+
 def ranges(f: np.ndarray, nthreads: int | None = None) -> np.ndarray:
     """Per-dimension minimum and maximum of ``f`` ``(N, P, d)``: ``(2, d)`` float32 (row 0:
     min); all NaN when ``f`` holds a NaN or an infinity. One task per image
-    (:func:`ranges_image`, :func:`rloss._threads.run_tasks` on ``nthreads``)."""
+    (:func:`ranges_image`, :func:`._team.run` on ``nthreads``; ``None``: numba's count)."""
     n_img, _, d = f.shape
     part = np.empty((n_img, 2, d), np.float32)
     nonfinite = np.zeros(n_img, np.bool_)
-    run_tasks(lambda n, slot: ranges_image(f, n, part, nonfinite), n_img, nthreads)
+    if nthreads is None:
+        nthreads = get_numba_threads() or 1
+    _team.run(ranges_image_team, ranges_image, n_img, nthreads, (f, part, nonfinite))
     if nonfinite.any():
         return np.full((2, d), np.nan, np.float32)
     return np.stack([part[:, 0].min(0), part[:, 1].max(0)])

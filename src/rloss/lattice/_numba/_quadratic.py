@@ -31,6 +31,7 @@ from rloss.lattice._numba._filter import blur_rows, gather_tile, scatter_tile
 from rloss.lattice._numba._hashtable import packed_insert, packed_probe
 from rloss.lattice._numba._layout import TILE, task_pixels
 from rloss.lattice._numba._simd import LANES, vquad
+from rloss.lattice._numba._team import team
 
 
 @njit(cache=True)
@@ -243,7 +244,7 @@ def quadratic_image(
     grad, part, volume, stats, counts, s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
 ):  # fmt: skip
     """Build, splat, blur and slice image ``n`` in scratch row ``slot``, never forming a
-    batch lattice (one task of :func:`rloss._threads.run_tasks`; releases the GIL).
+    batch lattice (one task of :func:`._team.run`; releases the GIL).
 
     The image's entries, keys, table, neighbours and lattice rows live in the
     scratch rows ``s_*[slot]`` of the thread that runs it, so they stay in that
@@ -296,7 +297,7 @@ def quadratic_image(
 # With fewer images than blocks (``nblk > 1``: fewer than ``MIN_TASKS`` images) the
 # per-image kernel above would leave threads idle (one image on two threads). These
 # kernels run the same build-to-slice in phases over the batch path's pixel blocks,
-# each phase a set of ``nogil`` tasks of :func:`rloss._threads.run_tasks`, so that
+# each phase a set of ``nogil`` tasks of :func:`._team.run`, so that
 # every thread works on every image. Vertex numbering (blocks merged in order), the
 # slot reduction (block order) and the per-block sums are those of the batch lattice
 # with ``nblk`` blocks per image: the results equal the batch path's bit for bit.
@@ -306,7 +307,7 @@ def quadratic_image(
 
 
 @njit(cache=True, nogil=True)
-def split_local(t, nblk, feats, scale, pbase, plim, pu, loc, bary, hh, tables, nloc):
+def split_local(t, slot, nblk, feats, scale, pbase, plim, pu, loc, bary, hh, tables, nloc):
     """Task ``t``: embed block ``t % nblk`` of image ``t // nblk`` and number its
     vertices locally (``local_packed_task``); ``nloc[t]`` = count or -1 (unpackable)."""
     npix = feats.shape[1]
@@ -320,7 +321,7 @@ def split_local(t, nblk, feats, scale, pbase, plim, pu, loc, bary, hh, tables, n
 
 
 @njit(cache=True, nogil=True)
-def split_merge(n, nblk, npix, dp1, hh, nloc, loff, table, lmap, gkey, pu, nbr, counts):
+def split_merge(n, slot, nblk, npix, dp1, hh, nloc, loff, table, lmap, gkey, pu, nbr, counts):
     """Image ``n``: merge its blocks' vertices in block order into one table (``lmap[slot]``
     = image vertex id; ``gkey[n, v]`` its key), then its blur neighbours ``nbr[n]``
     (missing -> the zero row ``counts[n]``), as ``build_merge`` and
@@ -347,7 +348,7 @@ def split_merge(n, nblk, npix, dp1, hh, nloc, loff, table, lmap, gkey, pu, nbr, 
 
 
 @njit(cache=True, nogil=True)
-def split_splat(t, nblk, x, r, loc, bary, loff, lmap, buf, stats):
+def split_splat(t, slot, nblk, x, r, loc, bary, loff, lmap, buf, stats):
     """Task ``t``: splat ``[x * r, r]`` of its block into its slot rows of ``buf`` (as
     ``splat_weighted``), then turn its entries' local ids in ``loc`` into image vertex ids."""
     npix = x.shape[2]
@@ -363,7 +364,7 @@ def split_splat(t, nblk, x, r, loc, bary, loff, lmap, buf, stats):
 
 
 @njit(cache=True, nogil=True)
-def split_reduce_blur(n, nblk, nloc, loff, lmap, buf, counts, nbr, lat_a, lat_b):
+def split_reduce_blur(n, slot, nblk, nloc, loff, lmap, buf, counts, nbr, lat_a, lat_b):
     """Image ``n``: sum its slot rows into vertex rows in block order (as ``reduce_slots``),
     then blur; returns nothing, the result is in ``lat_b[n]`` for odd d+1, else ``lat_a[n]``."""
     cnt = counts[n]
@@ -388,7 +389,7 @@ def split_reduce_blur(n, nblk, nloc, loff, lmap, buf, counts, nbr, lat_a, lat_b)
 
 
 @njit(cache=True, nogil=True)
-def split_volume(t, nblk, lat, k, loc, bary, alpha, r, part):
+def split_volume(t, slot, nblk, lat, k, loc, bary, alpha, r, part):
     """Task ``t``: ``part[t] = Σ_p r_p (W r)_p`` over its block (``slice_channel_dot``)."""
     npix = r.shape[1]
     dp1 = loc.shape[1] // npix
@@ -397,7 +398,7 @@ def split_volume(t, nblk, lat, k, loc, bary, alpha, r, part):
 
 
 @njit(cache=True, nogil=True)
-def split_slice(t, nblk, lat, loc, bary, alpha, x, r, coef, want, grad, part):
+def split_slice(t, slot, nblk, lat, loc, bary, alpha, x, r, coef, want, grad, part):
     """Task ``t``: slice and contract its block (``slice_quadratic``) into ``part[t]``."""
     npix = x.shape[2]
     dp1 = loc.shape[1] // npix
@@ -405,3 +406,41 @@ def split_slice(t, nblk, lat, loc, bary, alpha, x, r, coef, want, grad, part):
     part[t] = quadratic_range(
         lat[n], dp1, loc[n], 0, bary[n], alpha, x, r, n, p0, p1, p0 * dp1, coef[n], want, grad
     )
+
+
+# ------------------------------------------------------------------ launchers (``_team``)
+
+
+@njit(cache=True, nogil=True)
+def quadratic_image_team(nthreads, hdr, args):
+    team(quadratic_image, nthreads, hdr, args)
+
+
+@njit(cache=True, nogil=True)
+def split_local_team(nthreads, hdr, args):
+    team(split_local, nthreads, hdr, args)
+
+
+@njit(cache=True, nogil=True)
+def split_merge_team(nthreads, hdr, args):
+    team(split_merge, nthreads, hdr, args)
+
+
+@njit(cache=True, nogil=True)
+def split_splat_team(nthreads, hdr, args):
+    team(split_splat, nthreads, hdr, args)
+
+
+@njit(cache=True, nogil=True)
+def split_reduce_blur_team(nthreads, hdr, args):
+    team(split_reduce_blur, nthreads, hdr, args)
+
+
+@njit(cache=True, nogil=True)
+def split_volume_team(nthreads, hdr, args):
+    team(split_volume, nthreads, hdr, args)
+
+
+@njit(cache=True, nogil=True)
+def split_slice_team(nthreads, hdr, args):
+    team(split_slice, nthreads, hdr, args)

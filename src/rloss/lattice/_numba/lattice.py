@@ -7,7 +7,7 @@ is built on first use: :meth:`NumbaLattice.apply`, a second
 The first :meth:`~NumbaLattice.quadratic_form` on a lattice instead runs
 build-to-slice image by image and keeps nothing: with one pixel block per
 image (8 or more images) each image is one task
-(:func:`~._quadratic.quadratic_image` on :func:`rloss._threads.run_tasks`);
+(:func:`~._quadratic.quadratic_image` on torch's OpenMP team, :mod:`._team`);
 with several (fewer images) the ``split_*`` kernels run it in five phases of
 block or image tasks, so that one image keeps every thread busy. Both give the
 batch lattice's result bit for bit. A lattice used again is built once and
@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rloss._threads import get_numba_threads, numba_threads, run_tasks
+from rloss._threads import get_numba_threads, numba_threads
 from rloss.lattice import _pool
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions
 from rloss.lattice._numba import _quadratic as Q
+from rloss.lattice._numba import _team
 from rloss.lattice._numba._build import (
     BuildInfo,
     LatticeArrays,
@@ -53,14 +54,17 @@ def kernels_cached() -> bool:
 
     Checked on the fused kernels, the last ones compiled when the cache is filled
     by a loss call (``quadratic_image`` for 8 or more images, ``split_slice`` for
-    fewer; either counts); a stale index (the sources changed) counts as empty. On
-    an unknown numba layout this says "cached" rather than guess.
+    fewer; either counts), or on their launchers when the tasks run on torch's
+    OpenMP team (:mod:`._team`); a stale index (the sources changed) counts as
+    empty. On an unknown numba layout this says "cached" rather than guess.
     """
+    last = (
+        (Q.quadratic_image_team, Q.split_slice_team)
+        if _team.uses_openmp()
+        else (Q.quadratic_image, Q.split_slice)
+    )
     try:
-        return any(
-            bool(kernel._cache._cache_file._load_index())
-            for kernel in (Q.quadratic_image, Q.split_slice)
-        )
+        return any(bool(kernel._cache._cache_file._load_index()) for kernel in last)
     except Exception:  # numba internals changed: say nothing rather than fail
         return True
 
@@ -346,7 +350,7 @@ class NumbaLattice:
         pbase, plim, pu = self._pack
         hint = self.options.hint
         min_table = self.options.min_table
-        # scratch rows per thread of run_tasks; only touched pages cost memory,
+        # scratch rows per thread of the team; only touched pages cost memory,
         # and the pool keeps them between calls
         nthreads = 1 if n_img * npix < self.options.serial_below else get_numba_threads()
         slots = max(1, min(nthreads, n_img))
@@ -374,7 +378,7 @@ class NumbaLattice:
                 float(grad_scale or 0.0), want, grad, part, volume, stats, counts,
                 s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
             )  # fmt: skip
-            run_tasks(lambda n, slot, a=args: Q.quadratic_image(n, slot, *a), n_img, nthreads)
+            _team.run(Q.quadratic_image_team, Q.quadratic_image, n_img, nthreads, args)
             if (counts < 0).any():
                 return self._unpackable()
             hint.update(int(counts.max()))
@@ -412,10 +416,9 @@ class NumbaLattice:
         tables = _pool.empty((ntask, 2 * cap0), np.int64)
         nloc = np.zeros(ntask, np.int64)
         sc = self._scale
-        run_tasks(
-            lambda t, _s: Q.split_local(t, nblk, f, sc, pbase, plim, pu, loc, bary, hh, tables,
-                                        nloc),
-            ntask, nthreads,
+        _team.run(
+            Q.split_local_team, Q.split_local, ntask, nthreads,
+            (nblk, f, sc, pbase, plim, pu, loc, bary, hh, tables, nloc),
         )  # fmt: skip
         tables = None  # free (the tasks above are done)
         if (nloc < 0).any():
@@ -431,26 +434,24 @@ class NumbaLattice:
         gkey = _pool.empty((n_img, rows), np.int64)
         nbr = _pool.empty((n_img, dp1, rows, 2), np.int32)
         counts = np.zeros(n_img, np.int64)
-        run_tasks(
-            lambda n, _s: Q.split_merge(n, nblk, npix, dp1, hh, nloc, loff, table, lmap, gkey,
-                                        pu, nbr, counts),
-            n_img, nthreads,
+        _team.run(
+            Q.split_merge_team, Q.split_merge, n_img, nthreads,
+            (nblk, npix, dp1, hh, nloc, loff, table, lmap, gkey, pu, nbr, counts),
         )  # fmt: skip
         table = gkey = hh = None  # free
         width = padded(k + 1)
         buf = _pool.empty((int(loff[-1]), width), dt)
         stats = np.empty((ntask, 4))
         Q.stats_init(stats)
-        run_tasks(
-            lambda t, _s: Q.split_splat(t, nblk, p, r, loc, bary, loff, lmap, buf, stats),
-            ntask, nthreads,
+        _team.run(
+            Q.split_splat_team, Q.split_splat, ntask, nthreads,
+            (nblk, p, r, loc, bary, loff, lmap, buf, stats),
         )  # fmt: skip
         lat_a = _pool.empty((n_img, rows, width), dt)
         lat_b = _pool.empty((n_img, rows, width), dt)
-        run_tasks(
-            lambda n, _s: Q.split_reduce_blur(n, nblk, nloc, loff, lmap, buf, counts, nbr,
-                                              lat_a, lat_b),
-            n_img, nthreads,
+        _team.run(
+            Q.split_reduce_blur_team, Q.split_reduce_blur, n_img, nthreads,
+            (nblk, nloc, loff, lmap, buf, counts, nbr, lat_a, lat_b),
         )  # fmt: skip
         buf = lmap = nbr = None  # free
         lat = lat_b if dp1 % 2 == 1 else lat_a
@@ -458,17 +459,16 @@ class NumbaLattice:
         volume = np.ones(n_img)
         part = np.empty(ntask)
         if normalize:
-            run_tasks(
-                lambda t, _s: Q.split_volume(t, nblk, lat, k, loc, bary, alpha, r, part),
-                ntask, nthreads,
+            _team.run(
+                Q.split_volume_team, Q.split_volume, ntask, nthreads,
+                (nblk, lat, k, loc, bary, alpha, r, part),
             )  # fmt: skip
             volume = np.maximum(part.reshape(n_img, nblk).sum(1), np.finfo(dt).tiny)
         coef = (float(grad_scale or 0.0) / volume).astype(dt)
         grad = _pool.empty(p.shape if want else (1, 1, 1), dt)
-        run_tasks(
-            lambda t, _s: Q.split_slice(t, nblk, lat, loc, bary, alpha, p, r, coef, want, grad,
-                                        part),
-            ntask, nthreads,
+        _team.run(
+            Q.split_slice_team, Q.split_slice, ntask, nthreads,
+            (nblk, lat, loc, bary, alpha, p, r, coef, want, grad, part),
         )  # fmt: skip
         self.fused_passes = 1
         value = torch.from_numpy((part.reshape(n_img, nblk).sum(1) / volume).astype(dt))
