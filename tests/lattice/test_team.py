@@ -19,7 +19,7 @@ import torch
 from numba import njit
 
 from rloss import _omp
-from rloss._threads import numba_threads
+from rloss._threads import numba_threads, torch_threads
 from rloss.lattice import Lattice, bilateral_features
 from rloss.lattice._numba import _team
 
@@ -62,8 +62,10 @@ def test_probe_rejects_a_runtime_torch_does_not_use():
     ours = [p for p in _omp._loaded_candidates() if p.startswith(torch_dir)]
     if not os.path.exists(system) or not ours:
         pytest.skip("needs torch's bundled libgomp and a separate system libgomp")
-    assert _omp._follows_torch(ctypes.CDLL(ours[0]))
-    assert not _omp._follows_torch(ctypes.CDLL(system))
+    for n in (1, 2):  # the losses probe under torch_threads(1); 2 = the other's default
+        with torch_threads(n):
+            assert _omp._follows_torch(ctypes.CDLL(ours[0]))
+            assert not _omp._follows_torch(ctypes.CDLL(system))
 
 
 @needs_team

@@ -29,6 +29,9 @@ import numpy as np
 
 __all__ = ["LIMIT_BYTES", "MIN_BYTES", "clear", "empty", "idle_bytes"]
 
+#: Pooled arrays start at a multiple of this many bytes (a cache line; the numba kernels'
+#: streaming stores need their vectors aligned).
+ALIGN = 64
 #: Arrays smaller than this come from ``np.empty`` directly.
 MIN_BYTES = 1 << 20
 #: Most idle bytes kept for reuse.
@@ -48,7 +51,7 @@ def _size_class(nbytes: int) -> int:
 
 def _give(owner: np.ndarray) -> None:
     with _lock:
-        size = owner.nbytes
+        size = owner.nbytes - ALIGN  # its size class
         _idle.setdefault(size, []).append(owner)
         _order.append((size, id(owner)))
         total = sum(s * len(v) for s, v in _idle.items())
@@ -87,11 +90,12 @@ def empty(shape: tuple[int, ...] | int, dtype: np.dtype | type) -> np.ndarray:
             owner = bucket.pop()
             _order.remove((size, id(owner)))
     if owner is None:
-        owner = np.empty(size, np.uint8)
+        owner = np.empty(size + ALIGN, np.uint8)
     # ``flat``'s base is a memoryview, not an array, so NumPy stops collapsing view
     # chains at ``flat``: every view of the result (and every tensor over it) keeps
     # ``flat`` alive, and ``flat`` going away means nothing can reach the memory.
-    flat = np.frombuffer(memoryview(owner), dtype=dtype, count=count)
+    start = -owner.ctypes.data % ALIGN
+    flat = np.frombuffer(memoryview(owner)[start:], dtype=dtype, count=count)
     weakref.finalize(flat, _give, owner)
     return flat.reshape(shape)
 

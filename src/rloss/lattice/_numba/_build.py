@@ -76,6 +76,8 @@ class LatticeArrays(NamedTuple):
     #: one task per image (the splat then writes vertex rows directly).
     ptr: np.ndarray
     idx: np.ndarray
+    #: ``(N+1,)`` int64: image ``n``'s vertices are ``voff[n] .. voff[n+1]``.
+    voff: np.ndarray
 
 
 class BuildInfo(NamedTuple):
@@ -626,5 +628,5 @@ def build_arrays(f, scale, nblk, pack, *, require_packed, per_task_hint, min_tab
         build_csr(nblk, nloc, loff, lmap, voff, ptr, idx)
     clock.append(time.perf_counter())
     seconds = dict(zip(("local", "merge", "offsets", "neighbours", "csr"), np.diff(clock).tolist()))
-    arrays = LatticeArrays(nblk, loc, bary, loff, off, obase, nbr, ptr, idx)
+    arrays = LatticeArrays(nblk, loc, bary, loff, off, obase, nbr, ptr, idx, voff)
     return arrays, BuildInfo(packed, nvert, nslot, most, seconds)

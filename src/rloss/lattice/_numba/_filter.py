@@ -165,11 +165,12 @@ def slice_values(lat, A, alpha, out):
                     out[n, k, q0 + b] = acc[b, k]
 
 
-def splat_blur(A, num_vertices, splat_fn, args, nch, dt):
+def splat_blur(A, num_vertices, splat_fn, args, nch, dt, keep=False):
     """Splat with ``splat_fn(*args, A, rows)``, reduce the task rows if needed, then blur.
 
     Returns the blurred ``(V + 1, padded(nch))`` rows (pooled memory); the splat
-    zeroes the rows it fills, padding columns included.
+    zeroes the rows it fills, padding columns included. ``keep``: returns
+    ``(splat rows, blurred rows)``.
     """
     lat_a = _pool.empty((num_vertices + 1, padded(nch)), dt)
     if A.nblk == 1:
@@ -180,6 +181,11 @@ def splat_blur(A, num_vertices, splat_fn, args, nch, dt):
         splat_fn(*args, A, buf)
         reduce_slots(buf, A.ptr, A.idx, lat_a)
         del buf
+    kept = None
+    if keep:
+        kept = _pool.empty(lat_a.shape, dt)
+        kept[:] = lat_a
     lat_b = _pool.empty(lat_a.shape, dt)
     which = blur(lat_a, lat_b, A.nbr, dt.type(0.5))
-    return lat_b if which == 1 else lat_a
+    out = lat_b if which == 1 else lat_a
+    return (kept, out) if keep else out

@@ -6,12 +6,19 @@ For values ``x`` ``(N, K, P)`` and weights ``r`` ``(N, P)``, per image::
     g   = c_n · r ⊙ (W r − 2 W s_k)   c_n = grad_scale (÷ v_n when normalize)
 
 The splat reads ``x`` and ``r`` and forms the ``K + 1`` channels ``[x ⊙ r, r]``
-tile by tile (``splat_weighted``), and the slice contracts ``[W s, W r]``
-straight into ``e_n`` and ``g`` (``slice_quadratic``): no ``(N, K + 1, P)``
-tensor is written and no elementwise pass over one follows. On a lattice not
-built yet, ``quadratic_image`` goes further: it builds,
-splats, blurs and slices one image per task (``quadratic_image``) in the
-scratch rows of the thread that runs it, never forming the batch lattice.
+tile by tile (``splat_weighted``): no ``(N, K + 1, P)`` tensor is written. With
+``W = α · Sᵀ B S`` (splat ``S``, blur ``B``, slice ``α Sᵀ``), every term is a sum
+over the lattice's vertices instead of its pixels::
+
+    s_kᵀ W v = α · (S s_k)ᵀ (B S v)      so   e_n = α Σ_u Σ_k L[u,k] (BL[u,r] − BL[u,k])
+                                               v_n = α Σ_u L[u,r] BL[u,r]
+
+with ``L = S [s, r]`` the splat rows (kept) and ``BL`` the blurred ones
+(``lattice_terms``, float64): a few thousand vertex rows instead of every pixel,
+and ``x`` is not read again. Only the gradient is sliced (``slice_gradient``),
+and only when it is wanted. On a lattice not built yet, ``quadratic_image`` goes
+further: it builds, splats, blurs and slices one image per task in the scratch
+rows of the thread that runs it, never forming the batch lattice.
 
 While the values pass through the splat, it folds raw value statistics into
 ``stats`` rows (float64, 4 per task or image): ``[0]`` min and ``[1]`` max of
@@ -30,7 +37,7 @@ from rloss.lattice._numba._build import local_packed_task, neighbours_local
 from rloss.lattice._numba._filter import blur_rows, gather_tile, scatter_tile
 from rloss.lattice._numba._hashtable import packed_insert, packed_probe
 from rloss.lattice._numba._layout import TILE, task_pixels
-from rloss.lattice._numba._simd import LANES, vquad
+from rloss.lattice._numba._simd import LANES, sfence, vgrad
 from rloss.lattice._numba._team import team
 
 
@@ -139,109 +146,104 @@ def splat_weighted(x, r, stats, A, buf):
 
 
 @njit(cache=True)
-def channel_dot_range(lat, ch, dp1, off, ob, bary, alpha, roi, n, p0, p1, e_first):
-    """``sum_p roi[n, p] * (W v)[ch, p]`` over pixels ``p0 .. p1`` (float64)."""
-    total = 0.0
-    for p in range(p0, p1):
-        e0 = e_first + (p - p0) * dp1
-        x = bary[e0] * alpha * lat[ob + off[e0], ch]
-        for r in range(1, dp1):
-            x += bary[e0 + r] * alpha * lat[ob + off[e0 + r], ch]
-        total += roi[n, p] * x
-    return total
-
-
-@njit(parallel=True, cache=True)
-def slice_channel_dot(lat, ch, A, alpha, r, part):
-    """``part[t] = sum_p r[p] * (W v)[ch, p]`` over task ``t``'s pixels (float64)."""
-    n_img, npix = r.shape
-    dp1 = A.nbr.shape[0]
-    nblk = A.nblk
-    ntask = n_img * nblk
-    for t in prange(ntask):
-        n, p0, p1 = task_pixels(t, nblk, npix)
-        e_first = (n * npix + p0) * dp1
-        part[t] = channel_dot_range(
-            lat, ch, dp1, A.vid, A.obase[t], A.bary, alpha, r, n, p0, p1, e_first
-        )
+def lattice_terms(lat0, lat, k, v0, v1):
+    """``(Σ_u Σ_c<k L[u,c] (BL[u,k] − BL[u,c]),  Σ_u L[u,k] BL[u,k])`` over vertex rows
+    ``v0 .. v1`` in float64 (``L = lat0``, the splat; ``BL = lat``, blurred; channel
+    ``k`` is ``r``): ``e_n / α`` and ``v_n / α`` of the module docstring."""
+    e = 0.0
+    vol = 0.0
+    for u in range(v0, v1):
+        wr = np.float64(lat[u, k])
+        row = 0.0
+        for c in range(k):
+            row += np.float64(lat0[u, c]) * (wr - np.float64(lat[u, c]))
+        e += row
+        vol += np.float64(lat0[u, k]) * wr
+    return e, vol
 
 
 @njit(cache=True)
-def quadratic_range(lat, dp1, off, ob, bary, alpha, x, r, n, p0, p1, e_first, c, want, grad):
-    """Slice and contract pixels ``p0 .. p1`` of image ``n`` (see ``slice_quadratic``);
-    returns their ``Σ_k s_k (W r − W s_k)``.
+def blur_kept(lat0, lat_b, lat_c, nbr, v0, v1, half):
+    """The d+1 blur passes of rows ``v0 .. v1`` of ``lat0`` without overwriting it
+    (``lat0 -> lat_b``, then between ``lat_b`` and ``lat_c``); returns the array
+    holding the result. The zero rows that stand for missing neighbours must be
+    zero in all three."""
+    dp1 = nbr.shape[0]
+    blur_rows(lat0, lat_b, nbr, 0, v0, v1, half)
+    for j in range(1, dp1):
+        if j % 2 == 1:
+            blur_rows(lat_b, lat_c, nbr, j, v0, v1, half)
+        else:
+            blur_rows(lat_c, lat_b, nbr, j, v0, v1, half)
+    return lat_c if dp1 % 2 == 0 else lat_b
+
+
+@njit(parallel=True, cache=True)
+def image_terms(lat0, lat, k, voff, alpha, part, volume):
+    """Per image of the batch lattice: ``part[n] = α ·`` the first, ``volume[n] = α ·``
+    the second of :func:`lattice_terms` over image ``n``'s vertices ``voff[n] .. voff[n+1]``."""
+    a = np.float64(alpha)
+    for n in prange(part.shape[0]):
+        e, vol = lattice_terms(lat0, lat, k, voff[n], voff[n + 1])
+        part[n] = a * e
+        volume[n] = a * vol
+
+
+@njit(cache=True)
+def gradient_range(lat, dp1, off, ob, bary, alpha, r, n, k, p0, p1, e_first, c, grad):
+    """Slice pixels ``p0 .. p1`` of image ``n`` and write their gradient
+    ``grad[n, j, p] = c · r_p ((W r)_p − 2 (W s_j)_p)`` (see ``slice_gradient``).
 
     Per tile, the sliced ``(tile, W)`` rows are transposed to ``(W, tile)`` so
-    that the contraction runs over ``LANES`` pixels at a time (:func:`~._simd.vquad`),
-    with one partial sum per lane; a tile's sum is its lanes', in lane order,
-    then the remainder pixels' (float32), and tiles are summed in float64.
+    that the gradient is written ``LANES`` pixels at a time (:func:`~._simd.vgrad`).
     """
-    k = x.shape[1]
-    npix = x.shape[2]
+    npix = grad.shape[2]
     width = lat.shape[1]
-    two = x.dtype.type(2.0)
-    acc = np.empty((TILE, width), x.dtype)
-    tr = np.empty((k + 1, TILE), x.dtype)
-    lanes = np.empty(LANES, x.dtype)
-    xf = x.reshape(-1)
+    two = grad.dtype.type(2.0)
+    acc = np.empty((TILE, width), grad.dtype)
+    tr = np.empty((k + 1, TILE), grad.dtype)
     rf = r.reshape(-1)
     gf = grad.reshape(-1)
     trf = tr.reshape(-1)
-    total = 0.0
     for q0 in range(p0, p1, TILE):
         nb = min(TILE, p1 - q0)
         gather_tile(lat, nb, e_first + (q0 - p0) * dp1, dp1, ob, off, bary, alpha, acc)
         for j in range(k + 1):
             for b in range(nb):
                 tr[j, b] = acc[b, j]
-        lanes[:] = 0.0
         nv = nb - nb % LANES
         rb0 = n * npix + q0
         for j in range(k):
-            xb = (n * k + j) * npix + q0
+            gb = (n * k + j) * npix + q0
             for b in range(0, nv, LANES):
-                vquad(xf, xb + b, rf, rb0 + b, trf, k * TILE + b, j * TILE + b, lanes, gf,
-                      xb + b, c, want)  # fmt: skip
-        tile = x.dtype.type(0.0)
-        for i in range(LANES):
-            tile += lanes[i]
+                vgrad(rf, rb0 + b, trf, k * TILE + b, j * TILE + b, gf, gb + b, c)
         for j in range(k):
             for b in range(nv, nb):
-                rb = r[n, q0 + b]
-                wr = tr[k, b]
-                ws = tr[j, b]
-                tile += x[n, j, q0 + b] * rb * (wr - ws)
-                if want:
-                    grad[n, j, q0 + b] = c * rb * (wr - two * ws)
-        total += tile
-    return total
+                grad[n, j, q0 + b] = c * r[n, q0 + b] * (tr[k, b] - two * tr[j, b])
+    sfence()  # the gradient's streaming stores are done before the caller reads it
 
 
 @njit(parallel=True, cache=True)
-def slice_quadratic(lat, A, alpha, x, r, coef, want, grad, part):
-    """Slice ``[W s, W r]`` and contract it on the fly (no ``(N, K+1, P)`` output).
-
-    Per pixel ``Σ_k s_k ((W r) − (W s)_k)`` is summed into ``part[t]`` (float64
-    per tile), and when ``want`` the gradient
-    ``grad[n, k, p] = coef[n] * r_p * ((W r)_p - 2 (W s)_kp)`` is written.
-    """
-    n_img, _, npix = x.shape
+def slice_gradient(lat, A, alpha, r, coef, grad):
+    """Slice ``[W s, W r]`` and write ``grad[n, k, p] = coef[n] * r_p * ((W r)_p - 2 (W s)_kp)``
+    (no ``(N, K+1, P)`` output)."""
+    n_img, k, npix = grad.shape
     dp1 = A.nbr.shape[0]
     nblk = A.nblk
     ntask = n_img * nblk
     for t in prange(ntask):
         n, p0, p1 = task_pixels(t, nblk, npix)
         e_first = (n * npix + p0) * dp1
-        part[t] = quadratic_range(
-            lat, dp1, A.vid, A.obase[t], A.bary, alpha, x, r, n, p0, p1, e_first,
-            coef[n], want, grad,
-        )  # fmt: skip
+        gradient_range(
+            lat, dp1, A.vid, A.obase[t], A.bary, alpha, r, n, k, p0, p1, e_first, coef[n], grad
+        )
 
 
 @njit(cache=True, nogil=True)
 def quadratic_image(
     n, slot, feats, scale, pbase, plim, pu, alpha, x, r, normalize, grad_scale, want,
     grad, part, volume, stats, counts, s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
+    s_lat_c,
 ):  # fmt: skip
     """Build, splat, blur and slice image ``n`` in scratch row ``slot``, never forming a
     batch lattice (one task of :func:`._team.run`; releases the GIL).
@@ -250,7 +252,7 @@ def quadratic_image(
     scratch rows ``s_*[slot]`` of the thread that runs it, so they stay in that
     core's cache from the build to the slice. The vertex numbering and every
     floating-point operation are those of the batch path with one block per
-    image (``build_local_packed`` ... ``slice_quadratic``): results are identical.
+    image (``build_local_packed`` ... ``slice_gradient``): results are identical.
 
     ``counts[n]`` = the image's vertex count; -1 when a key is outside the
     packable range (nothing else done for that image). When the count does not
@@ -272,24 +274,21 @@ def quadratic_image(
         return
     nbr = s_nbr[slot]
     neighbours_local(hh, cnt, table, pu, nbr)
-    lat_a, lat_b = s_lat_a[slot], s_lat_b[slot]
+    lat_a, lat_b, lat_c = s_lat_a[slot], s_lat_b[slot], s_lat_c[slot]
     lat_a[: cnt + 1] = 0.0
     tmp = np.zeros((TILE, lat_a.shape[1]), x.dtype)
     splat_weighted_range(x, r, n, 0, npix, 0, dp1, 0, loc, bary, lat_a, tmp, stats[n])
     lat_b[cnt] = 0.0
-    for j in range(dp1):
-        if j % 2 == 0:
-            blur_rows(lat_a, lat_b, nbr, j, 0, cnt, half)
-        else:
-            blur_rows(lat_b, lat_a, nbr, j, 0, cnt, half)
-    lat = lat_b if dp1 % 2 == 1 else lat_a
-    vol = 1.0
-    if normalize:
-        vol = channel_dot_range(lat, k, dp1, loc, 0, bary, alpha, r, n, 0, npix, 0)
-        vol = max(vol, tiny)
-    c = x.dtype.type(grad_scale / vol)
-    part[n] = quadratic_range(lat, dp1, loc, 0, bary, alpha, x, r, n, 0, npix, 0, c, want, grad)
+    lat_c[cnt] = 0.0
+    lat = blur_kept(lat_a, lat_b, lat_c, nbr, 0, cnt, half)
+    e, vol = lattice_terms(lat_a, lat, k, 0, cnt)
+    a = np.float64(alpha)
+    part[n] = a * e
+    vol = max(a * vol, tiny) if normalize else 1.0
     volume[n] = vol
+    if want:
+        c = x.dtype.type(grad_scale / vol)
+        gradient_range(lat, dp1, loc, 0, bary, alpha, r, n, k, 0, npix, 0, c, grad)
 
 
 # ------------------------------------------------------------------ images split in blocks
@@ -364,11 +363,16 @@ def split_splat(t, slot, nblk, x, r, loc, bary, loff, lmap, buf, stats):
 
 
 @njit(cache=True, nogil=True)
-def split_reduce_blur(n, slot, nblk, nloc, loff, lmap, buf, counts, nbr, lat_a, lat_b):
-    """Image ``n``: sum its slot rows into vertex rows in block order (as ``reduce_slots``),
-    then blur; returns nothing, the result is in ``lat_b[n]`` for odd d+1, else ``lat_a[n]``."""
+def split_reduce_blur(
+    n, slot, nblk, nloc, loff, lmap, buf, counts, nbr, lat_a, lat_b, lat_c, alpha, k, normalize,
+    part, volume,
+):  # fmt: skip
+    """Image ``n``: sum its slot rows into vertex rows ``lat_a[n]`` in block order (as
+    ``reduce_slots``), blur them (:func:`blur_kept`; the result in ``lat_b[n]`` for odd
+    d+1, else ``lat_c[n]``), then its terms (``part[n]``, ``volume[n]``, as
+    ``quadratic_image``)."""
     cnt = counts[n]
-    la, lb = lat_a[n], lat_b[n]
+    la, lb, lc = lat_a[n], lat_b[n], lat_c[n]
     nch = buf.shape[1]
     la[: cnt + 1] = 0.0
     for b in range(nblk):
@@ -376,36 +380,27 @@ def split_reduce_blur(n, slot, nblk, nloc, loff, lmap, buf, counts, nbr, lat_a, 
         for lid in range(nloc[t]):
             s = loff[t] + lid
             g = lmap[s]
-            for k in range(nch):
-                la[g, k] += buf[s, k]
+            for c in range(nch):
+                la[g, c] += buf[s, c]
     lb[cnt] = 0.0
-    half = la.dtype.type(0.5)
-    nb = nbr[n]
-    for j in range(nb.shape[0]):
-        if j % 2 == 0:
-            blur_rows(la, lb, nb, j, 0, cnt, half)
-        else:
-            blur_rows(lb, la, nb, j, 0, cnt, half)
+    lc[cnt] = 0.0
+    lat = blur_kept(la, lb, lc, nbr[n], 0, cnt, la.dtype.type(0.5))
+    e, vol = lattice_terms(la, lat, k, 0, cnt)
+    a = np.float64(alpha)
+    part[n] = a * e
+    volume[n] = max(a * vol, np.finfo(la.dtype).tiny) if normalize else 1.0
 
 
 @njit(cache=True, nogil=True)
-def split_volume(t, slot, nblk, lat, k, loc, bary, alpha, r, part):
-    """Task ``t``: ``part[t] = Σ_p r_p (W r)_p`` over its block (``slice_channel_dot``)."""
-    npix = r.shape[1]
+def split_slice(t, slot, nblk, lat, loc, bary, alpha, r, coef, grad):
+    """Task ``t``: slice its block and write its gradient (``slice_gradient``)."""
+    npix = grad.shape[2]
     dp1 = loc.shape[1] // npix
     n, p0, p1 = task_pixels(t, nblk, npix)
-    part[t] = channel_dot_range(lat[n], k, dp1, loc[n], 0, bary[n], alpha, r, n, p0, p1, p0 * dp1)
-
-
-@njit(cache=True, nogil=True)
-def split_slice(t, slot, nblk, lat, loc, bary, alpha, x, r, coef, want, grad, part):
-    """Task ``t``: slice and contract its block (``slice_quadratic``) into ``part[t]``."""
-    npix = x.shape[2]
-    dp1 = loc.shape[1] // npix
-    n, p0, p1 = task_pixels(t, nblk, npix)
-    part[t] = quadratic_range(
-        lat[n], dp1, loc[n], 0, bary[n], alpha, x, r, n, p0, p1, p0 * dp1, coef[n], want, grad
-    )
+    gradient_range(
+        lat[n], dp1, loc[n], 0, bary[n], alpha, r, n, grad.shape[1], p0, p1, p0 * dp1, coef[n],
+        grad,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ launchers (``_team``)
@@ -434,11 +429,6 @@ def split_splat_team(nthreads, hdr, args):
 @njit(cache=True, nogil=True)
 def split_reduce_blur_team(nthreads, hdr, args):
     team(split_reduce_blur, nthreads, hdr, args)
-
-
-@njit(cache=True, nogil=True)
-def split_volume_team(nthreads, hdr, args):
-    team(split_volume, nthreads, hdr, args)
 
 
 @njit(cache=True, nogil=True)

@@ -22,6 +22,8 @@ is no bounds check: the callers own the layout (``row * width + block``).
 
 from __future__ import annotations
 
+import platform
+
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -124,42 +126,71 @@ def vblur(typingctx, dst, di, src, vi, n1, n2, half):
 
 
 @intrinsic
-def vquad(typingctx, x, xi, r, ri, t, wri, wsi, acc, grad, gi, c, want):
-    """The contraction of :func:`~._quadratic.quadratic_range` for ``LANES`` pixels.
+def vgrad(typingctx, r, ri, t, wri, wsi, grad, gi, c):
+    """The gradient of :func:`~._quadratic.gradient_range` for ``LANES`` pixels.
 
     With ``wr = t[wri:+LANES]`` (``W r``) and ``ws = t[wsi:+LANES]`` (``W s_k``)::
 
-        acc[0:LANES] += x[xi:+LANES] * r[ri:+LANES] * (wr - ws)
-        grad[gi:+LANES] = c * r * (wr - 2 ws)          (only when ``want``)
+        grad[gi:+LANES] = (c * r[ri:+LANES]) * (wr - 2 ws)
 
-    evaluated left to right as the scalar expressions are.
+    evaluated left to right as the scalar expression is; a streaming store where
+    ``grad`` is aligned (:func:`_store_streaming`).
     """
-    _check(x, r, t, acc, grad)
-    sig = types.void(
-        x, types.int64, r, types.int64, t, types.int64, types.int64, acc, grad, types.int64,
-        x.dtype, types.boolean,
-    )  # fmt: skip
+    _check(r, t, grad)
+    sig = types.void(r, types.int64, t, types.int64, types.int64, grad, types.int64, r.dtype)
 
     def codegen(context, builder, signature, args):
-        xa, xi_, ra, ri_, ta, wri_, wsi_, aa, ga, gi_, c_, want_ = args
+        ra, ri_, ta, wri_, wsi_, ga, gi_, c_ = args
         A = signature.args
         al = _align(A[0])
-        zero = ir.Constant(ir.IntType(64), 0)
-        xp, vty = _vec_ptr(context, builder, A[0], xa, xi_)
-        xv = builder.load(xp, align=al)
-        rv = builder.load(_vec_ptr(context, builder, A[2], ra, ri_)[0], align=al)
-        wr = builder.load(_vec_ptr(context, builder, A[4], ta, wri_)[0], align=al)
-        ws = builder.load(_vec_ptr(context, builder, A[4], ta, wsi_)[0], align=al)
-        ap, _ = _vec_ptr(context, builder, A[7], aa, zero)
-        av = builder.load(ap, align=al)
-        av = builder.fadd(av, builder.fmul(builder.fmul(xv, rv), builder.fsub(wr, ws)))
-        builder.store(av, ap, align=al)
-        with builder.if_then(want_):
-            gp, _ = _vec_ptr(context, builder, A[8], ga, gi_)
-            two = _broadcast(builder, vty, ir.Constant(vty.element, 2.0))
-            scaled = builder.fmul(_broadcast(builder, vty, c_), rv)
-            g = builder.fmul(scaled, builder.fsub(wr, builder.fmul(two, ws)))
-            builder.store(g, gp, align=al)
+        rp, vty = _vec_ptr(context, builder, A[0], ra, ri_)
+        rv = builder.load(rp, align=al)
+        wr = builder.load(_vec_ptr(context, builder, A[2], ta, wri_)[0], align=al)
+        ws = builder.load(_vec_ptr(context, builder, A[2], ta, wsi_)[0], align=al)
+        gp, _ = _vec_ptr(context, builder, A[5], ga, gi_)
+        two = _broadcast(builder, vty, ir.Constant(vty.element, 2.0))
+        scaled = builder.fmul(_broadcast(builder, vty, c_), rv)
+        g = builder.fmul(scaled, builder.fsub(wr, builder.fmul(two, ws)))
+        _store_streaming(builder, g, gp, al)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _store_streaming(builder, value, ptr, align):
+    """Store a vector bypassing the cache (``!nontemporal``) where ``ptr`` is aligned to
+    the vector's size, else an ordinary store; the same bits land either way.
+
+    For large outputs written once (the loss's gradient, 5.5 MB per 256² image of 21
+    classes): an ordinary store first reads the cache line it writes (read for
+    ownership), one more pass over memory in a kernel that is bound by memory
+    bandwidth. Streaming stores are weakly ordered: :func:`sfence` orders them before
+    the results are handed on.
+    """
+    elt = value.type.element
+    nbytes = value.type.count * (8 if isinstance(elt, ir.DoubleType) else 4)
+    i64 = ir.IntType(64)
+    addr = builder.ptrtoint(ptr, i64)
+    low = builder.and_(addr, ir.Constant(i64, nbytes - 1))
+    aligned = builder.icmp_unsigned("==", low, ir.Constant(i64, 0))
+    with builder.if_else(aligned, likely=True) as (then, otherwise):
+        with then:
+            st = builder.store(value, ptr, align=nbytes)
+            st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
+        with otherwise:
+            builder.store(value, ptr, align=align)
+
+
+@intrinsic
+def sfence(typingctx):
+    """A store fence (x86 ``sfence``): streaming stores before it are visible to every
+    thread before any store after it. Nothing elsewhere."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            fnty = ir.FunctionType(ir.VoidType(), [])
+            builder.call(builder.module.declare_intrinsic("llvm.x86.sse.sfence", fnty=fnty), [])
         return context.get_dummy_value()
 
     return sig, codegen

@@ -312,19 +312,21 @@ class NumbaLattice:
             a = self.arrays
             stats = np.empty((ntask, 4))
             Q.stats_init(stats)
-            lat = splat_blur(a, self.num_vertices, Q.splat_weighted, (p, rr, stats), k + 1, dt)
-            volume = np.ones(n_img)
-            if normalize:
-                part = np.empty(ntask)
-                Q.slice_channel_dot(lat, k, a, self.alpha, rr, part)
-                volume = np.maximum(part.reshape(n_img, self.nblk).sum(1), np.finfo(dt).tiny)
-            coef = (float(grad_scale or 0.0) / volume).astype(dt)
-            grad = _pool.empty(p.shape if want else (1, 1, 1), dt)
-            part = np.empty(ntask)
-            Q.slice_quadratic(lat, a, self.alpha, p, rr, coef, want, grad, part)
-        value = torch.from_numpy((part.reshape(n_img, self.nblk).sum(1) / volume).astype(dt))
+            lat0, lat = splat_blur(
+                a, self.num_vertices, Q.splat_weighted, (p, rr, stats), k + 1, dt, keep=True
+            )
+            part = np.empty(n_img)
+            volume = np.empty(n_img)
+            Q.image_terms(lat0, lat, k, a.voff, self.alpha, part, volume)
+            volume = np.maximum(volume, np.finfo(dt).tiny) if normalize else np.ones(n_img)
+            grad = None
+            if want:
+                coef = (float(grad_scale) / volume).astype(dt)
+                grad = _pool.empty(p.shape, dt)
+                Q.slice_gradient(lat, a, self.alpha, rr, coef, grad)
+        value = torch.from_numpy((part / volume).astype(dt))
         vol = torch.from_numpy(volume.astype(dt))
-        return value, vol, torch.from_numpy(grad) if want else None, Q.stats_summary(stats)
+        return value, vol, None if grad is None else torch.from_numpy(grad), Q.stats_summary(stats)
 
     def _unpackable(self) -> None:
         """A fused path met a key outside the packable range: None (the caller builds
@@ -361,7 +363,7 @@ class NumbaLattice:
         stats = np.empty((n_img, 4))
         part = np.empty(n_img)
         volume = np.ones(n_img)
-        grad = _pool.empty(p.shape if want else (1, 1, 1), dt)
+        grad = _pool.empty(p.shape if want else (1, 1, 1), dt)  # (1, 1, 1): never written
         s_loc = _pool.empty((slots, nent), np.int32)
         s_bary = _pool.empty((slots, nent), np.float32)
         s_hh = _pool.empty((slots, nent), np.int64)
@@ -371,12 +373,13 @@ class NumbaLattice:
             s_nbr = _pool.empty((slots, dp1, rows, 2), np.int32)
             s_lat_a = _pool.empty((slots, rows, padded(k + 1)), dt)
             s_lat_b = _pool.empty((slots, rows, padded(k + 1)), dt)
+            s_lat_c = _pool.empty((slots, rows, padded(k + 1)), dt)
             Q.stats_init(stats)
             self.fused_passes += 1
             args = (
                 f, self._scale, pbase, plim, pu, self.alpha, p, r, bool(normalize),
                 float(grad_scale or 0.0), want, grad, part, volume, stats, counts,
-                s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b,
+                s_loc, s_bary, s_hh, s_table, s_nbr, s_lat_a, s_lat_b, s_lat_c,
             )  # fmt: skip
             _team.run(Q.quadratic_image_team, Q.quadratic_image, n_img, nthreads, args)
             if (counts < 0).any():
@@ -449,31 +452,29 @@ class NumbaLattice:
         )  # fmt: skip
         lat_a = _pool.empty((n_img, rows, width), dt)
         lat_b = _pool.empty((n_img, rows, width), dt)
+        lat_c = _pool.empty((n_img, rows, width), dt)
+        alpha = self.alpha
+        part = np.empty(n_img)
+        volume = np.empty(n_img)
         _team.run(
             Q.split_reduce_blur_team, Q.split_reduce_blur, n_img, nthreads,
-            (nblk, nloc, loff, lmap, buf, counts, nbr, lat_a, lat_b),
+            (nblk, nloc, loff, lmap, buf, counts, nbr, lat_a, lat_b, lat_c, alpha, k,
+             bool(normalize), part, volume),
         )  # fmt: skip
         buf = lmap = nbr = None  # free
-        lat = lat_b if dp1 % 2 == 1 else lat_a
-        alpha = self.alpha
-        volume = np.ones(n_img)
-        part = np.empty(ntask)
-        if normalize:
+        lat = lat_b if dp1 % 2 == 1 else lat_c  # where blur_kept leaves the result
+        grad = None
+        if want:
+            coef = (float(grad_scale) / volume).astype(dt)
+            grad = _pool.empty(p.shape, dt)
             _team.run(
-                Q.split_volume_team, Q.split_volume, ntask, nthreads,
-                (nblk, lat, k, loc, bary, alpha, r, part),
+                Q.split_slice_team, Q.split_slice, ntask, nthreads,
+                (nblk, lat, loc, bary, alpha, r, coef, grad),
             )  # fmt: skip
-            volume = np.maximum(part.reshape(n_img, nblk).sum(1), np.finfo(dt).tiny)
-        coef = (float(grad_scale or 0.0) / volume).astype(dt)
-        grad = _pool.empty(p.shape if want else (1, 1, 1), dt)
-        _team.run(
-            Q.split_slice_team, Q.split_slice, ntask, nthreads,
-            (nblk, lat, loc, bary, alpha, p, r, coef, want, grad, part),
-        )  # fmt: skip
         self.fused_passes = 1
-        value = torch.from_numpy((part.reshape(n_img, nblk).sum(1) / volume).astype(dt))
+        value = torch.from_numpy((part / volume).astype(dt))
         vol = torch.from_numpy(volume.astype(dt))
-        return value, vol, torch.from_numpy(grad) if want else None, Q.stats_summary(stats)
+        return value, vol, None if grad is None else torch.from_numpy(grad), Q.stats_summary(stats)
 
 
 def build(features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> NumbaLattice:
