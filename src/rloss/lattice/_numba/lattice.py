@@ -74,9 +74,10 @@ class CompileNotice:
 
     Numba keeps compiled kernels on disk (``cache=True``); with an empty or stale
     cache the first lattice compiles what its call needs with no other sign of
-    life: a DenseCRF loss call (the range pass and the per-image fused kernel,
-    no parallel kernels) took 25 s on a 2-core AMD EPYC (39.6 s before they ran
-    as per-image tasks), a filter call compiles the batch-lattice kernels too.
+    life: a DenseCRF loss call (the range pass and the per-image fused kernels
+    with their launchers, no parallel kernels) took 16–18 s on a 2-core AMD EPYC
+    (2026-12-02; 25 s earlier that day, 39.6 s before they ran as per-image
+    tasks), a filter call compiles the batch-lattice kernels too.
     One instance per process (:data:`COMPILE_NOTICE`) gives the notice at
     most once, as a warning on the ``rloss.lattice`` logger (stderr unless
     logging is configured otherwise).
@@ -86,7 +87,7 @@ class CompileNotice:
     """
 
     MESSAGE = (
-        "rloss: compiling the CPU lattice kernels (first run only, about half a minute; "
+        "rloss: compiling the CPU lattice kernels (first run only, about 20 seconds; "
         "later runs load them from numba's cache)"
     )
 
