@@ -146,10 +146,11 @@ def splat_weighted(x, r, stats, A, buf):
 
 
 @njit(cache=True)
-def lattice_terms(lat0, lat, k, v0, v1):
-    """``(Σ_u Σ_c<k L[u,c] (BL[u,k] − BL[u,c]),  Σ_u L[u,k] BL[u,k])`` over vertex rows
-    ``v0 .. v1`` in float64 (``L = lat0``, the splat; ``BL = lat``, blurred; channel
-    ``k`` is ``r``): ``e_n / α`` and ``v_n / α`` of the module docstring."""
+def lattice_terms(lat0, lat, k, v0, v1, alpha, normalize):
+    """``(e_n, v_n)`` of the module docstring over vertex rows ``v0 .. v1`` (float64;
+    ``L = lat0``, the splat; ``BL = lat``, blurred; channel ``k`` is ``r``):
+    ``e_n = α Σ_u Σ_c<k L[u,c] (BL[u,k] − BL[u,c])`` and ``v_n = α Σ_u L[u,k] BL[u,k]``,
+    at least the dtype's ``tiny``, when ``normalize`` (else ``v_n = 1``)."""
     e = 0.0
     vol = 0.0
     for u in range(v0, v1):
@@ -159,7 +160,8 @@ def lattice_terms(lat0, lat, k, v0, v1):
             row += np.float64(lat0[u, c]) * (wr - np.float64(lat[u, c]))
         e += row
         vol += np.float64(lat0[u, k]) * wr
-    return e, vol
+    a = np.float64(alpha)
+    return a * e, max(a * vol, np.finfo(lat.dtype).tiny) if normalize else 1.0
 
 
 @njit(cache=True)
@@ -179,14 +181,11 @@ def blur_kept(lat0, lat_b, lat_c, nbr, v0, v1, half):
 
 
 @njit(parallel=True, cache=True)
-def image_terms(lat0, lat, k, voff, alpha, part, volume):
-    """Per image of the batch lattice: ``part[n] = α ·`` the first, ``volume[n] = α ·``
-    the second of :func:`lattice_terms` over image ``n``'s vertices ``voff[n] .. voff[n+1]``."""
-    a = np.float64(alpha)
+def image_terms(lat0, lat, k, voff, alpha, normalize, part, volume):
+    """Per image of the batch lattice: ``(part[n], volume[n])`` = :func:`lattice_terms`
+    over image ``n``'s vertices ``voff[n] .. voff[n+1]``."""
     for n in prange(part.shape[0]):
-        e, vol = lattice_terms(lat0, lat, k, voff[n], voff[n + 1])
-        part[n] = a * e
-        volume[n] = a * vol
+        part[n], volume[n] = lattice_terms(lat0, lat, k, voff[n], voff[n + 1], alpha, normalize)
 
 
 @njit(cache=True)
@@ -264,7 +263,6 @@ def quadratic_image(
     k = x.shape[1]
     rows = s_lat_a.shape[1]
     half = x.dtype.type(0.5)
-    tiny = np.finfo(x.dtype).tiny
     loc, bary, hh = s_loc[slot], s_bary[slot], s_hh[slot]
     cnt, table = local_packed_task(
         feats, scale, n, 0, npix, 0, loc, bary, hh, pbase, plim, pu, s_table[slot]
@@ -281,10 +279,7 @@ def quadratic_image(
     lat_b[cnt] = 0.0
     lat_c[cnt] = 0.0
     lat = blur_kept(lat_a, lat_b, lat_c, nbr, 0, cnt, half)
-    e, vol = lattice_terms(lat_a, lat, k, 0, cnt)
-    a = np.float64(alpha)
-    part[n] = a * e
-    vol = max(a * vol, tiny) if normalize else 1.0
+    part[n], vol = lattice_terms(lat_a, lat, k, 0, cnt, alpha, normalize)
     volume[n] = vol
     if want:
         c = x.dtype.type(grad_scale / vol)
@@ -385,10 +380,7 @@ def split_reduce_blur(
     lb[cnt] = 0.0
     lc[cnt] = 0.0
     lat = blur_kept(la, lb, lc, nbr[n], 0, cnt, la.dtype.type(0.5))
-    e, vol = lattice_terms(la, lat, k, 0, cnt)
-    a = np.float64(alpha)
-    part[n] = a * e
-    volume[n] = max(a * vol, np.finfo(la.dtype).tiny) if normalize else 1.0
+    part[n], volume[n] = lattice_terms(la, lat, k, 0, cnt, alpha, normalize)
 
 
 @njit(cache=True, nogil=True)

@@ -318,8 +318,7 @@ class NumbaLattice:
             )
             part = np.empty(n_img)
             volume = np.empty(n_img)
-            Q.image_terms(lat0, lat, k, a.voff, self.alpha, part, volume)
-            volume = np.maximum(volume, np.finfo(dt).tiny) if normalize else np.ones(n_img)
+            Q.image_terms(lat0, lat, k, a.voff, self.alpha, bool(normalize), part, volume)
             grad = None
             if want:
                 coef = (float(grad_scale) / volume).astype(dt)
