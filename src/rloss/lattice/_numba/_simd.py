@@ -157,6 +157,61 @@ def vgrad(typingctx, r, ri, t, wri, wsi, grad, gi, c):
     return sig, codegen
 
 
+
+def _transpose_masks(lanes: int) -> list[tuple[int, list[int], list[int]]]:
+    """The shuffle masks of a ``lanes x lanes`` transpose in ``log2(lanes)`` stages.
+
+    Stage ``s`` pairs vectors ``i`` and ``i | m`` (``m = 2**s``, bit ``s`` of ``i``
+    clear) and swaps bit ``s`` of the vector index with bit ``s`` of the lane
+    index; after every stage element ``(i, j)`` sits at ``(j, i)``.
+    """
+    stages = []
+    m = 1
+    while m < lanes:
+        lo = [j if not j & m else lanes + (j & ~m) for j in range(lanes)]
+        hi = [(j | m) if not j & m else lanes + j for j in range(lanes)]
+        stages.append((m, lo, hi))
+        m *= 2
+    return stages
+
+
+@intrinsic
+def vtranspose(typingctx, dst, di, ds, src, si, ss):
+    """Transpose a ``LANES x LANES`` block: ``dst[di + j*ds + i] = src[si + i*ss + j]``.
+
+    ``LANES`` vector loads (rows ``si + i*ss``), ``log2(LANES)`` stages of
+    shuffles, ``LANES`` vector stores (rows ``di + j*ds``): what turns a
+    ``(C, pixels)`` block of the values into ``(pixels, C)`` lattice-row order and
+    back, instead of one scalar load and store per element. Exact (moves bits).
+    """
+    _check(dst, src)
+    sig = types.void(dst, types.int64, types.int64, src, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        d, di_, ds_, s, si_, ss_ = args
+        A = signature.args
+        al = _align(A[0])
+        rows = []
+        for i in range(LANES):
+            off = builder.add(si_, builder.mul(ss_, ir.Constant(ss_.type, i)))
+            rows.append(builder.load(_vec_ptr(context, builder, A[3], s, off)[0], align=al))
+        mask = lambda m: ir.Constant(ir.VectorType(_I32, LANES), m)  # noqa: E731
+        for m, lo, hi in _transpose_masks(LANES):
+            out = list(rows)
+            for i in range(LANES):
+                if i & m:
+                    continue
+                a, b = rows[i], rows[i | m]
+                out[i] = builder.shuffle_vector(a, b, mask(lo))
+                out[i | m] = builder.shuffle_vector(a, b, mask(hi))
+            rows = out
+        for j in range(LANES):
+            off = builder.add(di_, builder.mul(ds_, ir.Constant(ds_.type, j)))
+            builder.store(rows[j], _vec_ptr(context, builder, A[0], d, off)[0], align=al)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
 def _store_streaming(builder, value, ptr, align):
     """Store a vector bypassing the cache (``!nontemporal``) where ``ptr`` is aligned to
     the vector's size, else an ordinary store; the same bits land either way.
