@@ -45,3 +45,24 @@ def test_transpose_masks_compose_to_a_transpose(lanes):
                 out[i], out[i | m] = [both[t] for t in lo], [both[t] for t in hi]
         rows = out
     assert rows == [[(j, i) for j in range(lanes)] for i in range(lanes)]
+
+
+@numba.njit(cache=False)
+def _gather(acc, ai, src, co, rows, wts, i0, count):
+    _simd.vgather(acc, ai, src, co, rows, wts, i0, count)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("count", [1, 2, 6])
+def test_vgather_sums_weighted_rows_in_order(dtype, count):
+    rng = np.random.default_rng(1)
+    src = rng.standard_normal(40 * L).astype(dtype)
+    rows = np.array([5 * L, 0, 17 * L, 3, 30 * L, 9 * L, 2 * L], np.int64)
+    wts = rng.standard_normal(rows.size).astype(dtype)
+    acc = np.full(3 * L, 9.0, dtype)
+    _gather(acc, L, src, 2, rows, wts, 1, count)
+    want = wts[1] * src[rows[1] + 2 : rows[1] + 2 + L]
+    for m in range(2, count + 1):  # left to right, multiply then add: the bits of the scalar loop
+        want = want + wts[m] * src[rows[m] + 2 : rows[m] + 2 + L]
+    np.testing.assert_array_equal(acc[L : 2 * L], want)
+    assert (acc[:L] == 9.0).all() and (acc[2 * L :] == 9.0).all()

@@ -47,11 +47,12 @@ def embed_block(feats, scale, n, q0, nb, e_first, el, r0, rk, sm, ssum, vr, bary
     for b in range(nb):
         sm[b] = 0.0
         ssum[b] = 0
+    fb = feats[n, q0 : q0 + nb]  # a view: indices provably >= 0, no wraparound code
     for j in range(d, 0, -1):
         sc = scale[j - 1]
         fj = np.float32(j)
         for b in range(nb):
-            cf = feats[n, q0 + b, j - 1] * sc
+            cf = fb[b, j - 1] * sc
             el[j, b] = sm[b] - fj * cf
             sm[b] += cf
     for b in range(nb):

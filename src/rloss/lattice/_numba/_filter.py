@@ -21,7 +21,7 @@ from numba import njit, prange
 
 from rloss.lattice import _pool
 from rloss.lattice._numba._layout import CHUNK, TILE, task_pixels
-from rloss.lattice._numba._simd import LANES, padded, vaxpy, vblur, vscale
+from rloss.lattice._numba._simd import LANES, padded, vaxpy, vblur, vgather
 
 
 @njit(cache=True)
@@ -121,24 +121,27 @@ def blur(a, b, nbr, half):
 
 
 @njit(cache=True)
-def gather_tile(lat, nb, e_first, dp1, ob, off, bary, alpha, acc):
+def gather_tile(lat, nb, e_first, dp1, ob, off, bary, alpha, acc, rows, wts):
     """``acc[b, :] = sum_r (alpha * bary) * lat[ob + off[e], :]`` for the ``nb`` pixels
-    whose entries start at ``e_first`` (rows of the padded width, vector blocks)."""
+    whose entries start at ``e_first`` (rows of the padded width, vector blocks).
+
+    The tile's row offsets and weights go first into the scratch ``rows`` (int64)
+    and ``wts`` (the lattice's dtype: ``alpha * bary`` rounded as a scalar call
+    would), both of at least ``nb * dp1``; then each pixel's d+1 rows are summed
+    block by block in registers (:func:`~._simd.vgather`).
+    """
     width = lat.shape[1]
     lf = lat.reshape(-1)
     af = acc.reshape(-1)
+    ne = nb * dp1
+    offs = off[e_first : e_first + ne]
+    bars = bary[e_first : e_first + ne]
+    for i in range(ne):
+        rows[i] = (ob + np.int64(offs[i])) * width
+        wts[i] = bars[i] * alpha
     for b in range(nb):
-        e0 = e_first + b * dp1
-        ab = b * width
-        v = (ob + off[e0]) * width
-        w = bary[e0] * alpha
         for c in range(0, width, LANES):
-            vscale(af, ab + c, lf, v + c, w)
-        for r in range(1, dp1):
-            v = (ob + off[e0 + r]) * width
-            w = bary[e0 + r] * alpha
-            for c in range(0, width, LANES):
-                vaxpy(af, ab + c, lf, v + c, w)
+            vgather(af, b * width + c, lf, c, rows, wts, b * dp1, dp1)
 
 
 @njit(parallel=True, cache=True)
@@ -157,9 +160,13 @@ def slice_values(lat, A, alpha, out):
         n, p0, p1 = task_pixels(t, nblk, npix)
         ob = A.obase[t]
         acc = np.empty((TILE, lat.shape[1]), out.dtype)
+        rows = np.empty(TILE * dp1, np.int64)
+        wts = np.empty(TILE * dp1, lat.dtype)
         for q0 in range(p0, p1, TILE):
             nb = min(TILE, p1 - q0)
-            gather_tile(lat, nb, (n * npix + q0) * dp1, dp1, ob, A.vid, A.bary, alpha, acc)
+            gather_tile(
+                lat, nb, (n * npix + q0) * dp1, dp1, ob, A.vid, A.bary, alpha, acc, rows, wts
+            )
             for k in range(nch):
                 for b in range(nb):
                     out[n, k, q0 + b] = acc[b, k]

@@ -214,13 +214,15 @@ def gradient_range(lat, dp1, off, ob, bary, alpha, r, n, k, p0, p1, e_first, c, 
     two = grad.dtype.type(2.0)
     acc = np.zeros((TILE, width), grad.dtype)
     tr = np.empty((width, TILE), grad.dtype)
+    rows = np.empty(TILE * dp1, np.int64)
+    wts = np.empty(TILE * dp1, lat.dtype)
     rf = r.reshape(-1)
     gf = grad.reshape(-1)
     af = acc.reshape(-1)
     trf = tr.reshape(-1)
     for q0 in range(p0, p1, TILE):
         nb = min(TILE, p1 - q0)
-        gather_tile(lat, nb, e_first + (q0 - p0) * dp1, dp1, ob, off, bary, alpha, acc)
+        gather_tile(lat, nb, e_first + (q0 - p0) * dp1, dp1, ob, off, bary, alpha, acc, rows, wts)
         # whole blocks even for a short tile: columns from nb on are never read
         for g in range(0, TILE, LANES):
             for cb in range(0, width, LANES):

@@ -26,6 +26,7 @@ import platform
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 #: Channels per vector block (rows are padded to a multiple of it).
@@ -87,24 +88,6 @@ def vaxpy(typingctx, dst, di, src, si, w):
 
 
 @intrinsic
-def vscale(typingctx, dst, di, src, si, w):
-    """``dst[di : di+LANES] = w * src[si : si+LANES]``."""
-    _check(dst, src)
-    sig = types.void(dst, types.int64, src, types.int64, dst.dtype)
-
-    def codegen(context, builder, signature, args):
-        d, di_, s, si_, w_ = args
-        al = _align(signature.args[0])
-        dp, vty = _vec_ptr(context, builder, signature.args[0], d, di_)
-        sp, _ = _vec_ptr(context, builder, signature.args[2], s, si_)
-        val = builder.load(sp, align=al)
-        builder.store(builder.fmul(_broadcast(builder, vty, w_), val), dp, align=al)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
 def vblur(typingctx, dst, di, src, vi, n1, n2, half):
     """``dst[di:+LANES] = src[vi:+LANES] + half * (src[n1:+LANES] + src[n2:+LANES])``."""
     _check(dst, src)
@@ -157,6 +140,50 @@ def vgrad(typingctx, r, ri, t, wri, wsi, grad, gi, c):
     return sig, codegen
 
 
+
+
+@intrinsic
+def vgather(typingctx, acc, ai, src, co, rows, wts, i0, count):
+    """``acc[ai:+LANES] = Σ_{m < count} wts[i0+m] * src[rows[i0+m] + co:+LANES]``, in registers.
+
+    Summed left to right from ``m = 0`` (``w0 * v0``, then ``+ w1 * v1`` ...), with a
+    separate multiply and add, as ``w0 * v0`` then :func:`vaxpy` would; but the
+    running sum stays in a register instead of going through ``acc`` in memory
+    after every term (each store-to-load round trip is a few cycles of latency on
+    the slice's critical path). ``rows`` holds element offsets (int64), ``wts`` the
+    weights in ``src``'s dtype; ``count >= 1``.
+    """
+    _check(acc, src)
+    if not (isinstance(rows, types.Array) and rows.dtype == types.int64 and rows.ndim == 1):
+        raise TypeError("vgather: rows must be a flat int64 array")
+    _check(acc, wts)
+    sig = types.void(acc, types.int64, src, types.int64, rows, wts, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a, ai_, s, co_, rw, wt, i0_, cnt = args
+        A = signature.args
+        al = _align(A[0])
+        rows_a = context.make_array(A[4])(context, builder, rw)
+        wts_a = context.make_array(A[5])(context, builder, wt)
+
+        def term(m):
+            i = builder.add(i0_, m)
+            off = builder.add(builder.load(builder.gep(rows_a.data, [i])), co_)
+            w = builder.load(builder.gep(wts_a.data, [i]))
+            sp, vty = _vec_ptr(context, builder, A[2], s, off)
+            return builder.fmul(_broadcast(builder, vty, w), builder.load(sp, align=al))
+
+        first = term(ir.Constant(i0_.type, 0))
+        run = cgutils.alloca_once(builder, first.type)  # promoted to a register by LLVM
+        builder.store(first, run)
+        with cgutils.for_range(builder, builder.sub(cnt, ir.Constant(cnt.type, 1))) as loop:
+            m = builder.add(loop.index, ir.Constant(cnt.type, 1))
+            builder.store(builder.fadd(builder.load(run), term(m)), run)
+        dp, _ = _vec_ptr(context, builder, A[0], a, ai_)
+        builder.store(builder.load(run), dp, align=al)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 def _transpose_masks(lanes: int) -> list[tuple[int, list[int], list[int]]]:
     """The shuffle masks of a ``lanes x lanes`` transpose in ``log2(lanes)`` stages.
