@@ -196,7 +196,7 @@ def test_help_shows_defaults(capsys):
     from rloss.segment import DEFAULT_BACKEND, DEFAULTS
 
     assert f"--steps STEPS optimisation steps (default: {DEFAULTS['steps']})" in out
-    assert f"(default: {DEFAULT_BACKEND})" in out and "try 2) (default: 1)" in out
+    assert f"(default: {DEFAULT_BACKEND})" in out and "other work) (default: 2)" in out
     assert "(default: None)" not in out and "(default: False)" not in out
 
 

@@ -140,7 +140,7 @@ def test_potts_on_image_torch_and_numba_lattices_agree_on_a_photograph():
     assert (d[0] - d[1]).abs().max() <= 1e-4 * d[1].abs().max()
 
 
-def test_segment_image_runs_on_one_torch_thread_by_default_and_restores(monkeypatch):
+def test_segment_image_runs_on_two_torch_threads_by_default_and_restores(monkeypatch):
     import rloss.segment as seg
 
     seen = []
@@ -153,13 +153,16 @@ def test_segment_image_runs_on_one_torch_thread_by_default_and_restores(monkeypa
     monkeypatch.setattr(seg.ScribbleCrossEntropy, "__call__", spy)
     img, scr, _ = _toy()
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     try:
         segment_image(img, scr, steps=2)
-        assert seen == [1, 1] and torch.get_num_threads() == 2
+        assert seen == [2, 2] and torch.get_num_threads() == 1
         seen.clear()
         segment_image(img, scr, steps=1, threads=None)
-        assert seen == [2]
+        assert seen == [1]
+        seen.clear()
+        segment_image(img, scr, steps=1, threads=1)
+        assert seen == [1] and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 

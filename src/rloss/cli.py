@@ -13,14 +13,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
-
-# Idle OpenMP workers (torch's and numba's runtimes are separate) spin by default
-# and steal the cores the next step needs; measured 5-15x slowdowns of the CPU
-# lattice on 2 cores (benchmarks/RESULTS.md). Must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import rloss
 from rloss.commands import COMMAND_MODULES

@@ -67,7 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "schedule": "constant",
     "tol": 0.0,
     "normalize": True,
-    "threads": 1,
+    "threads": 2,
 }
 
 #: Lattice backend of the DenseCRF loss when ``backend=None``. The score grid is small
@@ -551,10 +551,11 @@ def segment_image(
         backend: lattice backend of the DenseCRF loss; ``None``: ``"torch"`` (see
             :data:`DEFAULT_BACKEND`).
         threads: torch threads (and numba's, with the numba backend) during the call
-            (restored afterwards); ``None`` keeps the current setting. Default 1: a step
-            is a chain of ~40 small operations (0.05-1.5 ms each on a 163x122 grid),
-            where a second OpenMP thread saves little and, on a busy 2-core machine,
-            made the network's forward/backward 3x slower (median 119 vs 26 ms).
+            (restored afterwards); ``None`` keeps the current setting. Default 2: a step
+            is a chain of ~40 small operations (0.05-1.5 ms each on a 163x122 grid);
+            on an idle 2-core AMD EPYC (Zen 4) a second thread made the 500x375 case
+            3.3 s instead of 4.8 s (2026-12-02). On a machine whose cores are busy
+            with other work, 1 can be faster: a step then waits for the slower thread.
         progress: show a progress bar.
         return_probs: also return the ``(K, H, W)`` softmax and the label values.
 

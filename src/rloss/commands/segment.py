@@ -92,8 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--threads", type=positive_int, default=DEFAULTS["threads"],
-        help="torch CPU threads, and numba's with --backend numba (one is fastest for "
-        "this chain of small operations unless the machine is idle; try 2)"
+        help="torch CPU threads, and numba's with --backend numba (1 can be faster when "
+        "the machine's cores are busy with other work)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_segment)
