@@ -20,7 +20,7 @@ Map of the package (each module's docstring has the details):
 ``_build``     the batch build: local numbering, merge, offsets, neighbours,
                CSR; ``LatticeArrays``, the arrays the kernels take
 ``_simd``      fixed-width vector row operations (LLVM vector IR); rows are
-               padded to a multiple of ``LANES`` = 8 channels
+               padded to a multiple of ``LANES`` = 8 channels; 8x8 transposes
 ``_filter``    splat, reduce, blur, slice (``W v`` for any number of channels)
 ``_quadratic`` the fused quadratic form ``Σ_k s_kᵀ W (r − s_k)`` and its
                gradient, batch and per image (build to slice in one kernel, one

@@ -16,6 +16,13 @@ against 0.9 ms with these operations. The arithmetic is the scalar code's,
 element by element (separate multiply and add, no FMA contraction), so the
 results are bitwise those of the scalar loops they replace.
 
+Two more move data between the ``(C, pixels)`` layout of the values and
+the pixel-major rows: :func:`vtranspose` (an ``LANES x LANES`` block by
+shuffles) and :func:`vgather` (a pixel's d+1 weighted rows summed in a
+register). Written as scalar loops over ``x[n, c, q0 + b]``, numba guarded
+every access against negative indices and nothing vectorised (AMD EPYC Zen 4:
+4.4 ms per 256² image of 21 classes for the splat's transpose alone).
+
 Arrays are flat (1-D, C-contiguous) and indices are element offsets; there
 is no bounds check: the callers own the layout (``row * width + block``).
 """
