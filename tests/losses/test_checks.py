@@ -230,11 +230,33 @@ def test_compile_notice_is_said_once_and_only_on_a_cache_miss(caplog):
     from rloss.lattice._numba.lattice import CompileNotice, kernels_cached
 
     assert kernels_cached() in (True, False)  # cheap probe, never raises
+    assert kernels_cached(threaded=False) in (True, False)
     caplog.set_level("WARNING", logger="rloss.lattice")
-    miss = CompileNotice(probe=lambda: False)
-    assert miss.check() and not miss.check()
+    miss = CompileNotice(probe=lambda threaded: False)
+    assert miss.check() and not miss.check() and not miss.check(threaded=False)
     assert [r.getMessage() for r in caplog.records] == [CompileNotice.MESSAGE]
     caplog.clear()
-    hit = CompileNotice(probe=lambda: True)
-    assert not hit.check()
+    hit = CompileNotice(probe=lambda threaded: True)
+    assert not hit.check() and not hit.check(threaded=False)
     assert caplog.records == []
+
+
+def test_compile_notice_checks_the_kernels_of_the_kind_of_call(caplog):
+    """One-thread (small) calls compile other kernels than threaded ones: a process that
+    had only small calls cached still says it compiles before its first threaded call,
+    and a cached threaded path says nothing."""
+    from rloss.lattice._numba.lattice import CompileNotice
+
+    caplog.set_level("WARNING", logger="rloss.lattice")
+    asked = []
+
+    def probe(threaded):
+        asked.append(threaded)
+        return not threaded  # one-thread kernels cached, the team's launchers not
+
+    notice = CompileNotice(probe=probe)
+    assert not notice.check(threaded=False) and not notice.check(threaded=False)
+    assert caplog.records == []
+    assert notice.check(threaded=True) and not notice.check(threaded=True)
+    assert asked == [False, True]
+    assert [r.getMessage() for r in caplog.records] == [CompileNotice.MESSAGE]

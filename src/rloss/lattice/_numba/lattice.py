@@ -49,18 +49,20 @@ MAX_COORD = 2.0**30
 _log = logging.getLogger("rloss.lattice")
 
 
-def kernels_cached() -> bool:
+def kernels_cached(threaded: bool = True) -> bool:
     """Whether numba's on-disk cache holds the kernels (reads one small index file).
 
     Checked on the fused kernels, the last ones compiled when the cache is filled
     by a loss call (``quadratic_image`` for 8 or more images, ``split_slice`` for
-    fewer; either counts), or on their launchers when the tasks run on torch's
-    OpenMP team (:mod:`._team`); a stale index (the sources changed) counts as
-    empty. On an unknown numba layout this says "cached" rather than guess.
+    fewer; either counts), or, for a ``threaded`` call when the tasks run on
+    torch's OpenMP team (:mod:`._team`), on their launchers (which compile the
+    kernels again inside them; a problem below ``serial_below`` runs on one
+    thread and never compiles them); a stale index (the sources changed) counts
+    as empty. On an unknown numba layout this says "cached" rather than guess.
     """
     last = (
         (Q.quadratic_image_team, Q.split_slice_team)
-        if _team.uses_openmp()
+        if threaded and _team.uses_openmp()
         else (Q.quadratic_image, Q.split_slice)
     )
     try:
@@ -93,16 +95,19 @@ class CompileNotice:
 
     def __init__(self, probe=kernels_cached) -> None:
         self.probe = probe
-        self.checked = False
+        self.said = False
+        self.seen: set[bool] = set()
 
-    def check(self) -> bool:
-        """Give the notice if this is the first check and the kernels are not cached;
-        returns whether it was given."""
-        if self.checked:
+    def check(self, threaded: bool = True) -> bool:
+        """Give the notice if not given yet, this kind of call (``threaded`` or on one
+        thread, which compile different kernels) was not checked before, and its
+        kernels are not cached (``probe(threaded)``); returns whether it was given."""
+        if self.said or threaded in self.seen:
             return False
-        self.checked = True
-        if self.probe():
+        self.seen.add(threaded)
+        if self.probe(threaded):
             return False
+        self.said = True
         _log.warning(self.MESSAGE)
         return True
 
@@ -127,9 +132,9 @@ class NumbaLattice:
     """
 
     def __init__(self, features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> None:
-        COMPILE_NOTICE.check()
         f = features.numpy()
         n_img, npix, d = f.shape
+        COMPILE_NOTICE.check(n_img * npix >= options.serial_below and get_numba_threads() > 1)
         dp1 = d + 1
         self.options = options
         rng = ranges(f, 1 if n_img * npix < options.serial_below else None)
