@@ -21,7 +21,7 @@ from numba import njit, prange
 
 from rloss.lattice import _pool
 from rloss.lattice._numba._layout import CHUNK, TILE, task_pixels
-from rloss.lattice._numba._simd import LANES, padded, vaxpy, vblur, vgather
+from rloss.lattice._numba._simd import LANES, padded, vaxpy, vblur, vgather, vtranspose
 
 
 @njit(cache=True)
@@ -118,6 +118,16 @@ def blur(a, b, nbr, half):
         for c in prange(nchunk):
             blur_rows(src, dst, nbr, j, c * CHUNK, min(nvert, (c + 1) * CHUNK), half)
     return dp1 % 2
+
+
+@njit(cache=True)
+def transpose_tile(dst, ds, src, ss, rows, cols):
+    """``dst[j*ds + i] = src[i*ss + j]`` for ``i < rows``, ``j < cols`` (both multiples of
+    ``LANES``), in ``LANES x LANES`` blocks (:func:`~._simd.vtranspose`): a tile of
+    the ``(C, pixels)`` values to pixel-major lattice rows, or back."""
+    for i in range(0, rows, LANES):
+        for j in range(0, cols, LANES):
+            vtranspose(dst, j * ds + i, ds, src, i * ss + j, ss)
 
 
 @njit(cache=True)

@@ -34,10 +34,10 @@ import numpy as np
 from numba import njit, prange
 
 from rloss.lattice._numba._build import local_packed_task, neighbours_local
-from rloss.lattice._numba._filter import blur_rows, gather_tile, scatter_tile
+from rloss.lattice._numba._filter import blur_rows, gather_tile, scatter_tile, transpose_tile
 from rloss.lattice._numba._hashtable import packed_insert, packed_probe
 from rloss.lattice._numba._layout import TILE, task_pixels
-from rloss.lattice._numba._simd import LANES, sfence, vgrad, vtranspose
+from rloss.lattice._numba._simd import LANES, sfence, vgrad
 from rloss.lattice._numba._team import team
 
 
@@ -51,7 +51,7 @@ def splat_weighted_range(x, r, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp,
     Per tile, the products and the per-pixel statistics are computed channel by
     channel over the tile's contiguous pixel run into the channel-major rows of
     ``st`` (``(W, TILE)``, rows from ``K + 1`` on zero); ``LANES x LANES`` block
-    transposes (:func:`~._simd.vtranspose`) turn them into the pixel-major
+    transposes (:func:`~._filter.transpose_tile`) turn them into the pixel-major
     ``tmp`` rows the scatter reads. The loops index 1-D views of the tile (an
     index provably non-negative): with ``x[n, c, q0 + b]`` numba's negative-index
     wraparound kept every access scalar (AMD EPYC Zen 4, 256² x 21 classes: 4.4 ms
@@ -95,9 +95,7 @@ def splat_weighted_range(x, r, n, p0, p1, e_first, dp1, lo, loc, bary, buf, tmp,
                 pmax[b] = v if v > pmax[b] else pmax[b]
                 sc[b] = v * rr[b]
         # whole blocks even for a short tile: rows from nb on are never scattered
-        for g in range(0, TILE, LANES):
-            for cb in range(0, width, LANES):
-                vtranspose(tf, g * width + cb, width, stf, cb * TILE + g, TILE)
+        transpose_tile(tf, width, stf, TILE, width, TILE)
         for b in range(nb):
             sb = np.float64(psum[b])
             snan[b] += sb - sb
@@ -206,7 +204,7 @@ def gradient_range(lat, dp1, off, ob, bary, alpha, r, n, k, p0, p1, e_first, c, 
     ``grad[n, j, p] = c · r_p ((W r)_p − 2 (W s_j)_p)`` (see ``slice_gradient``).
 
     Per tile, the sliced ``(tile, W)`` rows are transposed to ``(W, tile)``
-    (:func:`~._simd.vtranspose`) so that the gradient is written ``LANES`` pixels
+    (:func:`~._filter.transpose_tile`) so that the gradient is written ``LANES`` pixels
     at a time (:func:`~._simd.vgrad`).
     """
     npix = grad.shape[2]
@@ -224,9 +222,7 @@ def gradient_range(lat, dp1, off, ob, bary, alpha, r, n, k, p0, p1, e_first, c, 
         nb = min(TILE, p1 - q0)
         gather_tile(lat, nb, e_first + (q0 - p0) * dp1, dp1, ob, off, bary, alpha, acc, rows, wts)
         # whole blocks even for a short tile: columns from nb on are never read
-        for g in range(0, TILE, LANES):
-            for cb in range(0, width, LANES):
-                vtranspose(trf, cb * TILE + g, TILE, af, g * width + cb, width)
+        transpose_tile(trf, TILE, af, width, TILE, width)
         nv = nb - nb % LANES
         rb0 = n * npix + q0
         for j in range(k):

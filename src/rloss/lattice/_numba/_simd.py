@@ -147,8 +147,6 @@ def vgrad(typingctx, r, ri, t, wri, wsi, grad, gi, c):
     return sig, codegen
 
 
-
-
 @intrinsic
 def vgather(typingctx, acc, ai, src, co, rows, wts, i0, count):
     """``acc[ai:+LANES] = Σ_{m < count} wts[i0+m] * src[rows[i0+m] + co:+LANES]``, in registers.
@@ -191,6 +189,7 @@ def vgather(typingctx, acc, ai, src, co, rows, wts, i0, count):
         return context.get_dummy_value()
 
     return sig, codegen
+
 
 def _transpose_masks(lanes: int) -> list[tuple[int, list[int], list[int]]]:
     """The shuffle masks of a ``lanes x lanes`` transpose in ``log2(lanes)`` stages.
@@ -245,6 +244,7 @@ def vtranspose(typingctx, dst, di, ds, src, si, ss):
         return context.get_dummy_value()
 
     return sig, codegen
+
 
 def _store_streaming(builder, value, ptr, align):
     """Store a vector bypassing the cache (``!nontemporal``) where ``ptr`` is aligned to

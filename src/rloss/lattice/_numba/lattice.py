@@ -116,6 +116,13 @@ class CompileNotice:
 COMPILE_NOTICE = CompileNotice()
 
 
+def task_threads(pixels: int, options: BuildOptions) -> int:
+    """Threads of the lattice's task kernels for a batch of ``pixels`` pixels: 1 below
+    ``options.serial_below`` (waking a team costs more than the work), else numba's
+    count. Results never depend on it."""
+    return 1 if pixels < options.serial_below else int(get_numba_threads() or 1)
+
+
 class NumbaLattice:
     """A lattice over a batch of ``N`` images of ``P`` pixels with ``d``-dim features.
 
@@ -134,10 +141,11 @@ class NumbaLattice:
     def __init__(self, features: Tensor, options: BuildOptions = DEFAULT_OPTIONS) -> None:
         f = features.numpy()
         n_img, npix, d = f.shape
-        COMPILE_NOTICE.check(n_img * npix >= options.serial_below and get_numba_threads() > 1)
+        nthreads = task_threads(n_img * npix, options)
+        COMPILE_NOTICE.check(nthreads > 1)
         dp1 = d + 1
         self.options = options
-        rng = ranges(f, 1 if n_img * npix < options.serial_below else None)
+        rng = ranges(f, nthreads)
         scale = scales(d)
         if not np.isfinite(rng).all():
             raise ValueError("features contains NaN or Inf values")
@@ -359,7 +367,7 @@ class NumbaLattice:
         min_table = self.options.min_table
         # scratch rows per thread of the team; only touched pages cost memory,
         # and the pool keeps them between calls
-        nthreads = 1 if n_img * npix < self.options.serial_below else get_numba_threads()
+        nthreads = task_threads(n_img * npix, self.options)
         slots = max(1, min(nthreads, n_img))
         nent = npix * dp1
         cap0 = first_table_capacity(nent, hint.per_task, min_table)
@@ -415,7 +423,7 @@ class NumbaLattice:
         want = grad_scale is not None
         pbase, plim, pu = self._pack
         hint = self.options.hint
-        nthreads = 1 if n_img * npix < self.options.serial_below else get_numba_threads()
+        nthreads = task_threads(n_img * npix, self.options)
         nent = npix * dp1
         cap0 = first_table_capacity(-(-npix // nblk) * dp1, hint.per_task, self.options.min_table)
         loc = _pool.empty((n_img, nent), np.int32)
