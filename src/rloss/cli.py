@@ -12,15 +12,19 @@ status 130 and, where the work can be resumed, the command that resumes it.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 import rloss
 from rloss.commands import COMMAND_MODULES
 from rloss.commands._common import CLIError, HelpFormatter, is_user_error, one_line
 
-__all__ = ["COMMAND_MODULES", "CLIError", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "CLIError", "build_parser", "console_main", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,5 +67,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(result or 0)
 
 
+def console_main() -> NoReturn:
+    """Entry point of the installed ``rloss`` command (and ``python -m rloss.cli``).
+
+    Runs :func:`main`, then ends the process with :func:`quick_exit`. Call :func:`main`
+    instead to run a command from Python: it returns the exit status and leaves the
+    interpreter alone.
+    """
+    quick_exit(main())
+
+
+def quick_exit(code: int) -> NoReturn:
+    """End the process with status ``code``, skipping the interpreter's teardown.
+
+    When a command returns, its outputs are written and closed (atomically, by
+    :mod:`rloss._io`); what a normal shutdown still does is tear the loaded modules down
+    one by one (torch alone leaves ~180,000 objects for the garbage collector to walk,
+    several times) and run libtorch's C++ static destructors. That takes 0.4-0.6 s on a
+    2-core machine (``python -c "import torch"`` exits 0.45 s faster through
+    :func:`os._exit`; ``perf`` puts 60% of it in ``gc_collect_main``), a tenth of an
+    ``rloss segment`` run. So this does what a shutdown must (runs the :mod:`atexit`
+    handlers, which close loggers and stop multiprocessing workers, and flushes the
+    standard streams) and then calls :func:`os._exit`.
+
+    It falls back to :func:`sys.exit` (the normal shutdown) when another non-daemon
+    thread is alive, since the interpreter would wait for it, or when flushing a standard
+    stream fails (a closed pipe), so that Python reports it as usual.
+    """
+    code = int(code)
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if others or run_exitfuncs is None:
+        sys.exit(code)
+    run_exitfuncs()
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        sys.exit(code)
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
