@@ -574,3 +574,17 @@ def test_segment_quality_on_a_held_out_real_photograph(tmp_path):
         == 0
     )
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "chelsea.png").is_file()
+
+
+def test_adam_leaves_tensors_without_a_gradient_alone():
+    from rloss.segment import Adam
+
+    used, unused = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    opt = Adam([used, unused], 0.1)
+    (used * torch.tensor([1.0, -2.0, 3.0])).sum().backward()
+    opt.step()
+    assert torch.equal(unused, torch.ones(2)) and unused.grad is None
+    assert torch.allclose(used, torch.tensor([0.9, 1.1, 0.9]))  # first step: lr * sign(g)
+    opt.zero_grad()
+    opt.step()  # no gradient at all: nothing moves
+    assert torch.allclose(used, torch.tensor([0.9, 1.1, 0.9]))
