@@ -46,8 +46,13 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 __all__ = [
-    "get_numba_threads", "numba_threads", "run_tasks", "set_threads", "threads", "torch_threads",
+    "caller_torch_threads", "get_numba_threads", "numba_threads", "run_tasks", "set_threads",
+    "threads", "torch_threads",
 ]
+
+#: Per calling thread: torch's count outside the innermost ``torch_threads(...,
+#: remember_caller=True)`` block (see :func:`caller_torch_threads`).
+_local = threading.local()
 
 
 def _numba():  # numba is a core dependency; tolerate its absence (torch-only installs)
@@ -100,23 +105,52 @@ def numba_threads(n: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None, *, remember_caller: bool = False) -> Iterator[None]:
     """Run the block with torch on ``n`` threads, then restore the count (``None``: as is).
 
     The CPU losses run their small elementwise preparation (checks, features)
-    under ``torch_threads(1)``: measured on a busy 2-core AMD EPYC, each
-    2-thread torch op there could wait milliseconds for its OpenMP worker
-    (N=1 loss 115 ms, 34 ms with the preparation on one thread).
+    under ``torch_threads(1, remember_caller=True)``: measured on a busy 2-core AMD
+    EPYC, each 2-thread torch op there could wait milliseconds for its OpenMP worker
+    (N=1 loss 115 ms, 34 ms with the preparation on one thread). ``remember_caller``
+    keeps the count the block replaced for :func:`caller_torch_threads`, so that the
+    lattice's own tasks inside the block still run on the caller's threads.
     """
     if n is None or int(n) == torch.get_num_threads():
         yield
         return
     saved = torch.get_num_threads()
+    previous = getattr(_local, "caller", None)
+    if remember_caller:
+        _local.caller = saved
     torch.set_num_threads(max(1, int(n)))
     try:
         yield
     finally:
         torch.set_num_threads(saved)
+        if remember_caller:
+            _local.caller = previous
+
+
+def caller_torch_threads() -> int:
+    """Torch's thread count as the caller of the innermost
+    ``torch_threads(..., remember_caller=True)`` block set it (the current count outside
+    such a block).
+
+    The torch lattice's image-group tasks (:func:`run_tasks`) use it: they run inside the
+    DenseCRF loss, whose preparation holds torch at one thread, and would otherwise all
+    run on the calling thread (issue 14: the N=12 CPU loss at 1.0x the reference's speed
+    instead of 1.6x on a 2-core machine).
+
+    Example:
+        >>> import torch
+        >>> from rloss._threads import caller_torch_threads, torch_threads
+        >>> with torch_threads(2):
+        ...     with torch_threads(1, remember_caller=True):
+        ...         (torch.get_num_threads(), caller_torch_threads())
+        (1, 2)
+    """
+    caller = getattr(_local, "caller", None)
+    return torch.get_num_threads() if caller is None else int(caller)
 
 
 def set_threads(n: int) -> None:

@@ -334,3 +334,35 @@ def test_filter_through_image_groups_backpropagates(monkeypatch):
         grads.append((out.detach(), v.grad))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("caller_threads", [1, 2])
+def test_densecrf_loss_runs_image_groups_on_the_callers_threads(monkeypatch, caller_threads):
+    """In a process without numba (the torch backend never imports it) the groups' tasks
+    take torch's count as the caller set it, not the one thread the loss holds torch at
+    for its preparation (issue 14: that ran every group on the calling thread)."""
+    from rloss._threads import torch_threads
+    from rloss.losses import densecrf_loss
+
+    n, k, h, w = 3, 4, 12, 14
+    monkeypatch.setattr(T, "_GROUP_PIXELS", h * w)  # one group per image
+    monkeypatch.setattr(T, "get_numba_threads", lambda **kw: None)  # as if not imported
+    seen = []
+    real = T.run_tasks
+
+    def spy(fn, ntasks, nthreads=None):
+        seen.append((ntasks, nthreads, torch.get_num_threads()))
+        return real(fn, ntasks, nthreads)
+
+    monkeypatch.setattr(T, "run_tasks", spy)
+    g = torch.Generator().manual_seed(2)
+    image = torch.rand(n, 3, h, w, generator=g) * 255
+    probs = torch.rand(n, k, h, w, generator=g).softmax(1).requires_grad_()
+    with torch_threads(caller_threads):
+        densecrf_loss(image, probs, None, weight=1.0, sigma_xy=5.0, backend="torch").backward()
+        assert torch.get_num_threads() == caller_threads  # restored after the loss
+    if caller_threads == 1:
+        assert seen == []  # one thread: the groups run in turn on the caller's
+    else:
+        assert seen and all(s == (n, 2, 1) for s in seen)  # 2 task threads, torch at 1
+    assert probs.grad is not None and torch.isfinite(probs.grad).all()

@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rloss._threads import get_numba_threads, run_tasks, torch_threads
+from rloss._threads import caller_torch_threads, get_numba_threads, run_tasks, torch_threads
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions, elevation_scales
 
 __all__ = ["ImageLattices", "TorchLattice", "build"]
@@ -795,12 +795,13 @@ def _run_groups(task: Callable[[int], None], ntasks: int) -> None:
     The thread count is the CPU lattice's, numba's count of the calling thread
     (as for the numba backend; :func:`rloss._threads.threads` sets both), or
     torch's where numba is not imported (this backend never imports it): the
-    CPU losses run their torch work under ``torch_threads(1)``, which must not
-    serialise the lattice. The tasks run in the caller's grad mode
+    caller's count, :func:`rloss._threads.caller_torch_threads`, since the CPU losses
+    run their torch work under ``torch_threads(1, remember_caller=True)``, which must
+    not serialise the lattice. The tasks run in the caller's grad mode
     (thread-local in torch: a pool thread would otherwise record autograd
     history inside ``Lattice.filter``'s forward).
     """
-    nthreads = get_numba_threads(if_loaded=True) or torch.get_num_threads()
+    nthreads = get_numba_threads(if_loaded=True) or caller_torch_threads()
     nthreads = min(nthreads, ntasks)
     if nthreads <= 1:
         for i in range(ntasks):

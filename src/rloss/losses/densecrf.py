@@ -399,7 +399,8 @@ def densecrf_loss(
     # does it on one thread: on a busy machine each parallel torch op can wait for its
     # OpenMP worker (the lattice kernels run their tasks on torch's OpenMP team,
     # rloss.lattice._numba._team, or else on rloss._threads.run_tasks)
-    with _checks.no_autocast(device), torch_threads(1 if deferred else None):
+    with _checks.no_autocast(device), torch_threads(1 if deferred else None,
+                                                     remember_caller=True):
         lat, probs_c, roi_c = prepare_pairwise(
             image, probs, roi, sigma_rgb, sigma_xy, scale_factor, backend, not deferred,
             spacing=spacing,
