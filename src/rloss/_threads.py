@@ -119,7 +119,7 @@ def torch_threads(n: int | None, *, remember_caller: bool = False) -> Iterator[N
         yield
         return
     saved = torch.get_num_threads()
-    previous = getattr(_local, "caller", None)
+    previous = getattr(_local, "caller", None) if remember_caller else None
     if remember_caller:
         _local.caller = saved
     torch.set_num_threads(max(1, int(n)))

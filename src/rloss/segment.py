@@ -468,13 +468,11 @@ class Adam:
         self.t += 1
         c1 = 1.0 - self.b1**self.t
         c2 = (1.0 - self.b2**self.t) ** 0.5
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        live = [(p, m, v) for p, m, v in zip(self.params, self.m, self.v) if p.grad is not None]
         if not live:
             return
-        ps = [self.params[i] for i in live]
+        ps, ms, vs = (list(t) for t in zip(*live))
         gs = [p.grad for p in ps]
-        ms = [self.m[i] for i in live]
-        vs = [self.v[i] for i in live]
         # one call per operation for all tensors (the net has 22): the same kernels as a
         # loop over the tensors, bit for bit, without ~100 Python-level dispatches a step
         with torch.no_grad():
