@@ -207,6 +207,18 @@ def test_segment_image_crf_fills_the_object():
     assert acc > 0.97
 
 
+def test_segment_image_progress_bar_redraws_at_its_own_rate_not_every_step(capsys):
+    """The loss shown in the bar must not force a redraw per step (a log file would get one
+    line per step); tqdm then redraws at most every ``mininterval`` (0.1 s)."""
+    img, scr, _ = _toy()
+    steps = 300
+    labels = segment_image(img, scr, steps=steps, method="logits", threads=1, progress=True)
+    assert labels.shape == scr.shape
+    err = capsys.readouterr().err
+    assert "segment" in err and "loss=" in err  # the bar was shown, with the loss
+    assert err.count("\r") < steps // 5
+
+
 @pytest.mark.parametrize("method", ["net", "logits"])
 def test_segment_image_keeps_scribbles_and_is_deterministic(method):
     img, scr, _ = _toy()

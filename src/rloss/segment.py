@@ -766,7 +766,9 @@ def _optimise(
             loss.backward()
             opt.step()
             if progress:
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                # refresh=False: the bar redraws at tqdm's own rate (mininterval), not at
+                # every step, which would flood a log file with hundreds of updates
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
         bar.close()
         with torch.no_grad():
             logits = F.interpolate(scores(), size=(h, w), mode="bilinear", align_corners=False)
