@@ -11,6 +11,9 @@ capped at the pool size ``NUMBA_NUM_THREADS`` fixed at start-up. The lattice
 backend uses :func:`numba_threads` to run small problems on one thread (waking
 the pool costs more than the work below about 32k pixels, see
 :class:`rloss.lattice.BuildOptions`); results never depend on the count.
+Above that size the CPU lattice (either backend) runs on :func:`lattice_threads`:
+torch's count as the caller set it, capped by numba's. So ``torch.set_num_threads``
+(or ``OMP_NUM_THREADS``) limits the loss as it limits torch.
 
 :func:`run_tasks` runs independent tasks (the torch backend's image groups, and
 the numba lattice's ``nogil`` kernels where torch's OpenMP team is not available,
@@ -46,8 +49,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 __all__ = [
-    "caller_torch_threads", "get_numba_threads", "numba_threads", "run_tasks", "set_threads",
-    "threads", "torch_threads",
+    "caller_torch_threads", "get_numba_threads", "lattice_threads", "numba_threads", "run_tasks",
+    "set_threads", "threads", "torch_threads",
 ]
 
 #: Per calling thread: torch's count outside the innermost ``torch_threads(...,
@@ -151,6 +154,27 @@ def caller_torch_threads() -> int:
     """
     caller = getattr(_local, "caller", None)
     return torch.get_num_threads() if caller is None else int(caller)
+
+
+def lattice_threads() -> int:
+    """Threads for the CPU lattice's parallel work (both backends): the smaller of torch's
+    count as the caller set it (:func:`caller_torch_threads`) and numba's count of the
+    calling thread, when numba is imported (the torch backend never imports it).
+
+    Either limit applies, so a process that gives torch one thread (``torch.set_num_threads(1)``,
+    or ``OMP_NUM_THREADS=1`` as ``torchrun`` sets for several processes on one machine) runs
+    the loss on one thread too, instead of on numba's default of every CPU. Results never
+    depend on the count.
+
+    Example:
+        >>> from rloss._threads import lattice_threads, threads
+        >>> with threads(1):
+        ...     lattice_threads()
+        1
+    """
+    torch_n = caller_torch_threads()
+    numba_n = get_numba_threads(if_loaded=True)
+    return max(1, torch_n if numba_n is None else min(numba_n, torch_n))
 
 
 def set_threads(n: int) -> None:

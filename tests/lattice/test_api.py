@@ -303,3 +303,61 @@ def test_threads_context_sets_and_restores_torch_and_numba():
     with pytest.raises(ValueError, match="threads: want an integer >= 1"):
         with threads(0):
             pass
+
+
+def test_lattice_threads_is_the_smaller_of_torch_and_numba(monkeypatch):
+    """The CPU lattice runs on min(torch's count as the caller set it, numba's count):
+    a process that gives torch one thread gets a one-thread loss (torchrun sets
+    OMP_NUM_THREADS=1; numba's own default would be every CPU)."""
+    numba = pytest.importorskip("numba")
+    from rloss import _threads
+    from rloss._threads import lattice_threads, numba_threads, threads, torch_threads
+
+    two = min(2, numba.config.NUMBA_NUM_THREADS)
+    with threads(2):
+        assert lattice_threads() == two
+        with torch_threads(1):
+            assert lattice_threads() == 1
+        with numba_threads(1):
+            assert lattice_threads() == 1
+        # inside the losses' one-thread preparation, the caller's count still applies
+        with torch_threads(1, remember_caller=True):
+            assert lattice_threads() == two
+    with torch_threads(2):
+        monkeypatch.setattr(_threads, "get_numba_threads", lambda **kw: None)  # no numba
+        assert lattice_threads() == 2
+
+
+@pytest.mark.parametrize("torch_n", [1, 2])
+def test_numba_densecrf_loss_takes_the_callers_torch_thread_count(monkeypatch, torch_n):
+    """The numba backend's tasks run on as many threads as the caller gave torch (numba's
+    count set to 2 throughout), and the result does not depend on it."""
+    pytest.importorskip("numba")
+    from rloss._threads import threads, torch_threads
+    from rloss.lattice._numba import lattice as numba_lattice
+    from rloss.losses import densecrf_loss
+
+    seen = []
+    real = numba_lattice._team.run
+
+    def spy(launcher, kernel, ntasks, nthreads, args):
+        seen.append(nthreads)
+        return real(launcher, kernel, ntasks, nthreads, args)
+
+    monkeypatch.setattr(numba_lattice._team, "run", spy)
+    g = torch.Generator().manual_seed(3)
+    n, k, h, w = 8, 4, 64, 72  # 36 864 pixels: above the serial threshold
+    image = torch.rand(n, 3, h, w, generator=g) * 255
+    probs = torch.rand(n, k, h, w, generator=g).softmax(1)
+    out = []
+    for caller in (2, torch_n):
+        seen.clear()
+        p = probs.clone().requires_grad_()
+        with threads(2), torch_threads(caller):
+            loss = densecrf_loss(image, p, None, weight=1.0, sigma_xy=5.0, backend="numba")
+        loss.backward()
+        out.append((loss.detach(), p.grad, list(seen)))
+    import numba
+
+    assert out[1][2] and set(out[1][2]) == {min(torch_n, numba.config.NUMBA_NUM_THREADS)}
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])

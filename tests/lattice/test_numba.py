@@ -88,12 +88,12 @@ def test_deterministic(n, h, w):
 
 @pytest.mark.parametrize(("n", "h", "w"), [(1, 96, 128), (2, 80, 100)])
 def test_thread_count_independent(n, h, w):
-    from rloss._threads import numba_threads
+    from rloss._threads import threads
 
     feats, values = _random_problem(n, 4, h, w, seed=1)
-    with numba_threads(1):
+    with threads(1):
         one = _numba.build(feats, THREADED).apply(values)
-    with numba_threads(2):
+    with threads(2):  # torch's count caps the lattice's: set both
         two = _numba.build(feats, THREADED).apply(values)
     # the task partition depends on the shapes only, so the sums are bitwise equal
     torch.testing.assert_close(one, two, rtol=0, atol=0)
@@ -306,7 +306,7 @@ def test_volume_feature_dimensions_track_exact(d, gain, worst):
 def test_fused_quadratic_form_is_thread_count_independent(shape):
     """Tasks depend on the shapes only (one per image, or per block for one 96x100
     image): bitwise equal results whatever the thread count."""
-    from rloss._threads import numba_threads
+    from rloss._threads import threads
     from rloss.lattice import Lattice
 
     n, h, w = shape
@@ -315,7 +315,7 @@ def test_fused_quadratic_form_is_thread_count_independent(shape):
     probs = torch.randn(n, 5, h, w, generator=g).softmax(1)
     got = []
     for n in (1, 2):
-        with numba_threads(n):
+        with threads(n):
             lat = Lattice(feats, backend="numba", options=THREADED)
             q = lat.quadratic_form(probs, grad_scale=1.0)
         got.append(q)

@@ -19,7 +19,7 @@ import torch
 from numba import njit
 
 from rloss import _omp
-from rloss._threads import numba_threads, torch_threads
+from rloss._threads import threads, torch_threads
 from rloss.lattice import Lattice, bilateral_features
 from rloss.lattice._numba import _team
 
@@ -113,7 +113,7 @@ def test_lattice_on_the_team_is_bitwise_rloss_threads(shape, normalize, dtype, m
     probs, roi = probs.to(dtype), roi.to(dtype)
 
     def once():
-        with numba_threads(2):
+        with threads(2):  # torch's count caps the lattice's: set both
             lat = Lattice(feats, backend="numba")
             q = lat.quadratic_form(probs, roi, normalize=normalize, grad_scale=0.3, stats=True)
         assert lat._impl.fused_passes >= 1 and not lat._impl.built

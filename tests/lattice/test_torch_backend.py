@@ -346,7 +346,9 @@ def test_densecrf_loss_runs_image_groups_on_the_callers_threads(monkeypatch, cal
 
     n, k, h, w = 3, 4, 12, 14
     monkeypatch.setattr(T, "_GROUP_PIXELS", h * w)  # one group per image
-    monkeypatch.setattr(T, "get_numba_threads", lambda **kw: None)  # as if not imported
+    from rloss import _threads
+
+    monkeypatch.setattr(_threads, "get_numba_threads", lambda **kw: None)  # as if not imported
     seen = []
     real = T.run_tasks
 

@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rloss._threads import caller_torch_threads, get_numba_threads, run_tasks, torch_threads
+from rloss._threads import lattice_threads, run_tasks, torch_threads
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions, elevation_scales
 
 __all__ = ["ImageLattices", "TorchLattice", "build"]
@@ -792,16 +792,15 @@ def _run_groups(task: Callable[[int], None], ntasks: int) -> None:
     """Run ``task(i)`` for ``i < ntasks`` as tasks of :func:`rloss._threads.run_tasks`
     with torch on one thread inside every task (restored afterwards).
 
-    The thread count is the CPU lattice's, numba's count of the calling thread
-    (as for the numba backend; :func:`rloss._threads.threads` sets both), or
-    torch's where numba is not imported (this backend never imports it): the
-    caller's count, :func:`rloss._threads.caller_torch_threads`, since the CPU losses
-    run their torch work under ``torch_threads(1, remember_caller=True)``, which must
-    not serialise the lattice. The tasks run in the caller's grad mode
+    The thread count is the CPU lattice's, :func:`rloss._threads.lattice_threads` (as for
+    the numba backend): the caller's torch count (:func:`rloss._threads.caller_torch_threads`,
+    since the CPU losses run their torch work under ``torch_threads(1,
+    remember_caller=True)``, which must not serialise the lattice), capped by numba's
+    where numba is imported (this backend never imports it). The tasks run in the caller's grad mode
     (thread-local in torch: a pool thread would otherwise record autograd
     history inside ``Lattice.filter``'s forward).
     """
-    nthreads = get_numba_threads(if_loaded=True) or caller_torch_threads()
+    nthreads = lattice_threads()
     nthreads = min(nthreads, ntasks)
     if nthreads <= 1:
         for i in range(ntasks):

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit
 
-from rloss._threads import get_numba_threads
+from rloss._threads import lattice_threads
 from rloss.lattice._common import elevation_scales
 from rloss.lattice._numba import _team
 from rloss.lattice._numba._simd import LANES, vfold
@@ -154,12 +154,13 @@ def ranges_image_team(nthreads, hdr, args):
 def ranges(f: np.ndarray, nthreads: int | None = None) -> np.ndarray:
     """Per-dimension minimum and maximum of ``f`` ``(N, P, d)``: ``(2, d)`` float32 (row 0:
     min); all NaN when ``f`` holds a NaN or an infinity. One task per image
-    (:func:`ranges_image`, :func:`._team.run` on ``nthreads``; ``None``: numba's count)."""
+    (:func:`ranges_image`, :func:`._team.run` on ``nthreads``; ``None``:
+    :func:`rloss._threads.lattice_threads`)."""
     n_img, _, d = f.shape
     part = np.empty((n_img, 2, d), np.float32)
     nonfinite = np.zeros(n_img, np.bool_)
     if nthreads is None:
-        nthreads = get_numba_threads() or 1
+        nthreads = lattice_threads()
     _team.run(ranges_image_team, ranges_image, n_img, nthreads, (f, part, nonfinite))
     if nonfinite.any():
         return np.full((2, d), np.nan, np.float32)

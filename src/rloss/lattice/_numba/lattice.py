@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rloss._threads import get_numba_threads, numba_threads
+from rloss._threads import lattice_threads, numba_threads
 from rloss.lattice import _pool
 from rloss.lattice._common import DEFAULT_OPTIONS, BuildOptions
 from rloss.lattice._numba import _quadratic as Q
@@ -118,9 +118,10 @@ COMPILE_NOTICE = CompileNotice()
 
 def task_threads(pixels: int, options: BuildOptions) -> int:
     """Threads of the lattice's task kernels for a batch of ``pixels`` pixels: 1 below
-    ``options.serial_below`` (waking a team costs more than the work), else numba's
-    count. Results never depend on it."""
-    return 1 if pixels < options.serial_below else int(get_numba_threads() or 1)
+    ``options.serial_below`` (waking a team costs more than the work), else
+    :func:`rloss._threads.lattice_threads` (torch's count as the caller set it, capped by
+    numba's). Results never depend on it."""
+    return 1 if pixels < options.serial_below else lattice_threads()
 
 
 class NumbaLattice:
@@ -177,8 +178,9 @@ class NumbaLattice:
         self.fused_passes = 0
 
     def _threads(self, pixels: int):
-        """One thread below ``options.serial_below`` pixels (results do not depend on it)."""
-        return numba_threads(1 if pixels < self.options.serial_below else None)
+        """Numba's threads for its parallel kernels: :func:`task_threads` (one below
+        ``options.serial_below`` pixels; results do not depend on it)."""
+        return numba_threads(task_threads(pixels, self.options))
 
     # ------------------------------------------------------------------ the batch lattice
 
