@@ -139,9 +139,9 @@ def caller_torch_threads() -> int:
     ``torch_threads(..., remember_caller=True)`` block set it (the current count outside
     such a block).
 
-    The torch lattice's image-group tasks (:func:`run_tasks`) use it: they run inside the
-    DenseCRF loss, whose preparation holds torch at one thread, and would otherwise all
-    run on the calling thread (issue 14: the N=12 CPU loss at 1.0x the reference's speed
+    :func:`lattice_threads` uses it: the lattice's tasks run inside the DenseCRF loss,
+    whose preparation holds torch at one thread, and would otherwise all run on the
+    calling thread (issue 14: the N=12 CPU loss at 1.0x the reference's speed
     instead of 1.6x on a 2-core machine).
 
     Example:

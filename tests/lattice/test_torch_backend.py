@@ -341,13 +341,12 @@ def test_densecrf_loss_runs_image_groups_on_the_callers_threads(monkeypatch, cal
     """In a process without numba (the torch backend never imports it) the groups' tasks
     take torch's count as the caller set it, not the one thread the loss holds torch at
     for its preparation (issue 14: that ran every group on the calling thread)."""
+    from rloss import _threads
     from rloss._threads import torch_threads
     from rloss.losses import densecrf_loss
 
     n, k, h, w = 3, 4, 12, 14
     monkeypatch.setattr(T, "_GROUP_PIXELS", h * w)  # one group per image
-    from rloss import _threads
-
     monkeypatch.setattr(_threads, "get_numba_threads", lambda **kw: None)  # as if not imported
     seen = []
     real = T.run_tasks

@@ -792,16 +792,12 @@ def _run_groups(task: Callable[[int], None], ntasks: int) -> None:
     """Run ``task(i)`` for ``i < ntasks`` as tasks of :func:`rloss._threads.run_tasks`
     with torch on one thread inside every task (restored afterwards).
 
-    The thread count is the CPU lattice's, :func:`rloss._threads.lattice_threads` (as for
-    the numba backend): the caller's torch count (:func:`rloss._threads.caller_torch_threads`,
-    since the CPU losses run their torch work under ``torch_threads(1,
-    remember_caller=True)``, which must not serialise the lattice), capped by numba's
-    where numba is imported (this backend never imports it). The tasks run in the caller's grad mode
+    The thread count is the CPU lattice's, as for the numba backend:
+    :func:`rloss._threads.lattice_threads`. The tasks run in the caller's grad mode
     (thread-local in torch: a pool thread would otherwise record autograd
     history inside ``Lattice.filter``'s forward).
     """
-    nthreads = lattice_threads()
-    nthreads = min(nthreads, ntasks)
+    nthreads = min(lattice_threads(), ntasks)
     if nthreads <= 1:
         for i in range(ntasks):
             task(i)
