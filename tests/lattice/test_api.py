@@ -332,7 +332,7 @@ def test_lattice_threads_is_the_smaller_of_torch_and_numba(monkeypatch):
 def test_numba_densecrf_loss_takes_the_callers_torch_thread_count(monkeypatch, torch_n):
     """The numba backend's tasks run on as many threads as the caller gave torch (numba's
     count set to 2 throughout), and the result does not depend on it."""
-    pytest.importorskip("numba")
+    numba = pytest.importorskip("numba")
     from rloss._threads import threads, torch_threads
     from rloss.lattice._numba import lattice as numba_lattice
     from rloss.losses import densecrf_loss
@@ -357,8 +357,6 @@ def test_numba_densecrf_loss_takes_the_callers_torch_thread_count(monkeypatch, t
             loss = densecrf_loss(image, p, None, weight=1.0, sigma_xy=5.0, backend="numba")
         loss.backward()
         out.append((loss.detach(), p.grad, list(seen)))
-    import numba
-
     assert set(out[0][2]) == {min(2, numba.config.NUMBA_NUM_THREADS)}
     assert set(out[1][2]) == {min(torch_n, numba.config.NUMBA_NUM_THREADS)}
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
