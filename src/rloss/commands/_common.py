@@ -22,6 +22,7 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "fraction",
+    "image_files",
     "is_user_error",
     "non_negative_float",
     "non_negative_int",
@@ -187,6 +188,33 @@ def check_output_dir(
         return check(path, inputs=inputs, outputs=outputs, what=what)
     except UnsafeOutputError as err:
         raise CLIError(str(err)) from None
+
+
+def image_files(items: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Image paths from command-line items: files as given, folders expanded (sorted).
+
+    A folder contributes its files with an image suffix (:data:`rloss.data.io.IMAGE_EXTENSIONS`),
+    not its subfolders.
+
+    Raises:
+        CLIError: an item is neither a file nor a folder, or no image file is left.
+    """
+    from rloss.data.io import IMAGE_EXTENSIONS
+
+    items = [str(item) for item in items]
+    files: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir()
+                            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CLIError(f"{item}: file or folder not found")
+    if not files:
+        raise CLIError(f"no image files in {' '.join(items)}")
+    return files
 
 
 def check_device(text: str | None, *, what: str = "--device", allow_auto: bool = False) -> str:

@@ -25,6 +25,7 @@ from rloss.commands._common import (
     check_device,
     check_output_dir,
     check_output_file,
+    image_files,
     one_line,
     set_resume_hint,
 )
@@ -376,20 +377,8 @@ def _crf_params(items: list[str]) -> dict[str, float]:
 def _predict_inputs(items: list[str]) -> list[Path]:
     """The image files ``predict`` will read (folders expanded), each checked up front."""
     from rloss._io import InputTooLargeError, check_image_size
-    from rloss.data.io import IMAGE_EXTENSIONS
 
-    files: list[Path] = []
-    for item in items:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir()
-                            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise CLIError(f"{item}: file or folder not found")
-    if not files:
-        raise CLIError(f"no image files in {' '.join(items)}")
+    files = image_files(items)
     from PIL import Image, UnidentifiedImageError
 
     for f in files:
