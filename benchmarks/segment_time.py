@@ -13,9 +13,15 @@ with the environment of this process (set ``PYTHONPATH`` to the checkout's ``src
 Prints, per run, the wall time and the child's user and system CPU time
 (``resource.getrusage``) with the 1-minute load average before it, then the medians.
 
+With ``--batch N`` each round also runs one batch-mode process on ``N`` copies of the case
+(``rloss segment BATCH/img --scribbles BATCH/scr --out BATCH/out``, default flags) and
+reports its times divided by ``N``: the per-photograph cost once ``import torch`` is paid
+once.
+
 Usage::
 
     PYTHONPATH=src .venv/bin/python benchmarks/segment_time.py --runs 5
+    PYTHONPATH=src .venv/bin/python benchmarks/segment_time.py --runs 3 --batch 5
     PYTHONPATH=src .venv/bin/python benchmarks/segment_time.py --runs 5 --variant "" \\
         --variant "--threads 1"
 
@@ -65,8 +71,22 @@ def make_case(work: Path) -> tuple[Path, Path]:
     return png, txt
 
 
+def make_batch(png: Path, txt: Path, work: Path, n: int) -> tuple[Path, Path, Path]:
+    """``n`` copies of the case in batch-mode folders: ``work/img``, ``work/scr``, ``work/out``."""
+    import shutil
+
+    img, scr, out = work / "img", work / "scr", work / "out"
+    for folder in (img, scr):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for i in range(n):
+        shutil.copyfile(png, img / f"photo{i}.png")
+        shutil.copyfile(txt, scr / f"photo{i}.txt")
+    return img, scr, out
+
+
 def run_once(png: Path, txt: Path, out: Path, flags: list[str]) -> tuple[float, float, float]:
-    """(wall, user, sys) seconds of one ``rloss segment`` process."""
+    """(wall, user, sys) seconds of one ``rloss segment`` process (paths: files or folders)."""
     cmd = [
         sys.executable,
         "-m",
@@ -99,15 +119,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="extra rloss segment flags (repeatable; default: none)",
     )
+    ap.add_argument("--batch", type=int, default=0, metavar="N",
+                    help="also time one batch-mode process on N copies, per photograph")
     args = ap.parse_args(argv)
     variants = args.variant if args.variant else [""]
     png, txt = make_case(args.work)
     out = args.work / "coffee500_mask.png"
+    batch_name = f"batch of {args.batch}, per photograph"
+    if args.batch > 0:
+        batch = make_batch(png, txt, args.work / "coffee500_batch", args.batch)
+        variants = [*variants, batch_name]
     times: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     for i in range(args.runs):
         for v in variants:
             load = os.getloadavg()[0]
-            wall, user, sys_ = run_once(png, txt, out, v.split())
+            if v == batch_name:
+                t = run_once(*batch, [])
+                wall, user, sys_ = (x / args.batch for x in t)
+            else:
+                wall, user, sys_ = run_once(png, txt, out, v.split())
             times[v].append((wall, user, sys_))
             print(
                 f"run {i + 1} [{v or 'defaults'}] load {load:.2f}: wall {wall:.2f} s, "

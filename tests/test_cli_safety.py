@@ -524,8 +524,8 @@ def test_row20_messages(tmp_path, photo, capsys, no_optimisation):
     base = ["segment", str(image), "--out", str(tmp_path / "m.png")]
     assert main([*base, "--scribbles", str(scr), "--overlay", str(tmp_path / "x.bmp")]) == 2
     assert ".png or .jpg or .jpeg" in error_line(capsys)
-    assert main([*base, "--scribbles", str(tmp_path)]) == 2
-    assert "is a folder; want a .png or .txt scribble file" in error_line(capsys)
+    assert main([*base, "--scribbles", str(tmp_path)]) == 2  # a folder means batch mode
+    assert "is a folder (batch mode), so --out names a folder" in error_line(capsys)
     run = tmp_path / "run1"
     (run / "checkpoints").mkdir(parents=True)
     assert main(["eval", "--checkpoint", str(run)]) == 2

@@ -370,6 +370,138 @@ def test_cli_segment_png_scribbles_no_crf_and_errors(tmp_path, capsys):
     assert "bad.txt" in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------- batch mode
+
+
+def _batch(tmp_path: Path) -> tuple[Path, Path]:
+    """Images a.png, b.png (PNG scribbles) and c.png (text scribbles) in img/, scribbles in scr/."""
+    img_dir, scr_dir = tmp_path / "img", tmp_path / "scr"
+    img_dir.mkdir()
+    scr_dir.mkdir()
+    for name, (h, w) in {"a": (40, 48), "b": (36, 44)}.items():
+        img, scr, _ = _toy(h, w)
+        write_image(img_dir / f"{name}.png", img)
+        write_label(scr_dir / f"{name}.png", scr.astype(np.uint8))
+    img, _, _ = _toy(32, 40)
+    write_image(img_dir / "c.png", img)
+    (scr_dir / "c.txt").write_text("3,20,16,22,16\n5,2,2,10,2\n")
+    return img_dir, scr_dir
+
+
+def test_cli_segment_batch_equals_one_image_runs(tmp_path, capsys):
+    img_dir, scr_dir = _batch(tmp_path)
+    opts = ["--steps", "6", "--quiet", "--threads", "1"]
+    out = tmp_path / "out"
+    argv = ["segment", str(img_dir / "c.png"), str(img_dir), "--scribbles", str(scr_dir),
+            "--out", str(out), "--overlay", str(out), *opts]
+    # c.png given twice (as a file and inside the folder): one image, two names for its mask
+    assert main(argv) == 2
+    assert "two images named 'c'" in capsys.readouterr().err
+    assert main([*argv[:1], *argv[2:]]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.png", "a_overlay.png", "b.png", "b_overlay.png", "c.png", "c_overlay.png"]
+    assert "wrote 3 mask(s)" in printed
+    for name, scr in (("a", "a.png"), ("b", "b.png"), ("c", "c.txt")):
+        single = tmp_path / f"single_{name}.png"
+        assert main(["segment", str(img_dir / f"{name}.png"), "--scribbles",
+                     str(scr_dir / scr), "--out", str(single), *opts]) == 0
+        np.testing.assert_array_equal(read_label(out / f"{name}.png"), read_label(single))
+        assert f"{name}.png -> {out / (name + '.png')}" in printed
+    assert set(np.unique(read_label(out / "c.png")).tolist()) <= {3, 5}
+    assert read_image(out / "a_overlay.png").shape == (40, 48, 3)
+
+
+@pytest.fixture
+def count_segment_calls(monkeypatch):
+    """Replace the optimisation by a constant mask of the first scribble label; count calls."""
+    import rloss.segment
+
+    calls: list[tuple[int, int]] = []
+
+    def fake(image, scribbles, **kwargs):
+        calls.append(image.shape[:2])
+        return np.full(image.shape[:2], scribbles[scribbles != IGNORE_INDEX].min(), np.int64)
+
+    monkeypatch.setattr(rloss.segment, "segment_image", fake)
+    return calls
+
+
+def test_cli_segment_batch_checks_everything_before_any_work(tmp_path, capsys,
+                                                             count_segment_calls):
+    img_dir, scr_dir = _batch(tmp_path)
+    out = tmp_path / "out"
+    base = ["segment", str(img_dir), "--scribbles", str(scr_dir), "--quiet"]
+
+    def error(argv):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    assert "--out " in error([*base, "--out", str(tmp_path / "m.png")])
+    assert "names a folder for the outputs" in error([*base, "--out", str(tmp_path / "m.png")])
+    assert "is the input folder" in error([*base, "--out", str(scr_dir)])
+    assert "choose one" in error([*base, "--out", str(out), "--overwrite", "--skip-existing"])
+    (scr_dir / "c.png").write_bytes((scr_dir / "a.png").read_bytes())
+    assert "both c.png and c.txt" in error([*base, "--out", str(out)])
+    (scr_dir / "c.png").unlink()
+    (scr_dir / "b.png").unlink()
+    msg = error([*base, "--out", str(out)])
+    assert "no b.png or b.txt for the image" in msg and str(img_dir / "b.png") in msg
+    write_label(scr_dir / "b.png", _toy(36, 44)[1].astype(np.uint8))
+    # images and scribbles in one folder: an image would be its own scribbles
+    assert "is the image itself" in error(["segment", str(img_dir), "--scribbles", str(img_dir),
+                                           "--out", str(out)])
+    # one scribble file, several images; --skip-existing for one image
+    one = ["segment", str(img_dir / "a.png"), str(img_dir / "b.png"), "--scribbles",
+           str(scr_dir / "a.png"), "--out", str(tmp_path / "m.png")]
+    assert "one scribble file goes with one image, got 2" in error(one)
+    assert "applies to batch mode" in error([*one[:2], *one[3:], "--skip-existing"])
+    assert count_segment_calls == []
+    assert not out.exists()
+
+
+def test_cli_segment_batch_skip_existing_resumes_and_failures_do_not_stop_it(
+        tmp_path, capsys, count_segment_calls):
+    img_dir, scr_dir = _batch(tmp_path)
+    out = tmp_path / "out"
+    argv = ["segment", str(img_dir), "--scribbles", str(scr_dir), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert len(count_segment_calls) == 3
+    assert main(argv) == 2  # outputs exist
+    assert "3 output(s) exist" in capsys.readouterr().err
+    before = (out / "a.png").stat().st_mtime_ns
+    (out / "b.png").unlink()
+    assert main([*argv, "--skip-existing"]) == 0
+    assert count_segment_calls[3:] == [(36, 44)]  # only b again
+    assert "1 mask(s)" in capsys.readouterr().out and (out / "b.png").is_file()
+    assert (out / "a.png").stat().st_mtime_ns == before
+    # a broken image is reported and the others are still written; exit status 1
+    (img_dir / "b.png").write_bytes(b"not a png")
+    assert main([*argv, "--overwrite"]) == 1
+    captured = capsys.readouterr()
+    assert "wrote 2 mask(s)" in captured.out
+    assert str(img_dir / "b.png") in captured.err and "1 of 3 image(s) failed" in captured.err
+
+
+def test_cli_segment_batch_ctrl_c_names_the_resume_command(tmp_path, capsys, monkeypatch):
+    import rloss.segment
+
+    img_dir, scr_dir = _batch(tmp_path)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rloss.segment, "segment_image", interrupted)
+    argv = ["segment", str(img_dir), "--scribbles", str(scr_dir), "--out",
+            str(tmp_path / "out"), "--quiet"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; resume with: rloss segment" in err
+    assert err.strip().endswith("--quiet --skip-existing")
+
+
 # ----------------------------------------------------------------- speed-ups (issue 14)
 
 
