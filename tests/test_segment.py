@@ -450,6 +450,11 @@ def test_cli_segment_batch_checks_everything_before_any_work(tmp_path, capsys,
     msg = error([*base, "--out", str(out)])
     assert "no b.png or b.txt for the image" in msg and str(img_dir / "b.png") in msg
     write_label(scr_dir / "b.png", _toy(36, 44)[1].astype(np.uint8))
+    # a mask and another image's overlay in one folder under one name
+    write_image(img_dir / "a_overlay.png", _toy()[0])
+    (scr_dir / "a_overlay.txt").write_text("0,2,2,10,10\n")
+    assert "both would write" in error([*base, "--out", str(out), "--overlay", str(out)])
+    (img_dir / "a_overlay.png").unlink()
     # images and scribbles in one folder: an image would be its own scribbles
     assert "is the image itself" in error(["segment", str(img_dir), "--scribbles", str(img_dir),
                                            "--out", str(out)])

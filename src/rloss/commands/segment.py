@@ -336,6 +336,16 @@ def _batch_jobs(args: argparse.Namespace) -> list[_Job]:
         )
         for f in files
     ]
+    from rloss._io import resolve_path
+
+    written: dict[Path, Path] = {}
+    for job in jobs:
+        for out in job.outputs:
+            other = written.setdefault(resolve_path(out), job.image)
+            if other != job.image:
+                raise CLIError(f"{other} and {job.image}: both would write {out} (a mask "
+                               "and an overlay in one folder); rename one image or give "
+                               "--overlay another folder")
     inputs = [*args.images, *files, args.scribbles, *(j.scribbles for j in jobs)]
     check_output_dir(args.out, inputs=inputs, outputs=[j.mask for j in jobs], what="--out")
     if args.overlay is not None:
