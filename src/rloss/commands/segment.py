@@ -321,12 +321,6 @@ def _batch_jobs(args: argparse.Namespace) -> list[_Job]:
     if args.overlay is not None:
         _batch_folder(args.overlay, "--overlay", OVERLAY_SUFFIXES, args.scribbles)
     files = image_files(args.images)
-    by_stem: dict[str, Path] = {}
-    for f in files:
-        if f.stem in by_stem:
-            raise CLIError(f"{by_stem[f.stem]} and {f}: two images named {f.stem!r}; their "
-                           "masks would be the same file (rename one)")
-        by_stem[f.stem] = f
     jobs = [
         _Job(
             image=f,
@@ -338,14 +332,19 @@ def _batch_jobs(args: argparse.Namespace) -> list[_Job]:
     ]
     from rloss._io import resolve_path
 
-    written: dict[Path, Path] = {}
+    owner: dict[Path, _Job] = {}
     for job in jobs:
         for out in job.outputs:
-            other = written.setdefault(resolve_path(out), job.image)
-            if other != job.image:
-                raise CLIError(f"{other} and {job.image}: both would write {out} (a mask "
-                               "and an overlay in one folder); rename one image or give "
-                               "--overlay another folder")
+            other = owner.setdefault(resolve_path(out), job)
+            if other is job:
+                continue
+            if other.image.stem == job.image.stem:
+                raise CLIError(f"{other.image} and {job.image}: two images named "
+                               f"{job.image.stem!r}; their masks would be the same file "
+                               "(rename one)")
+            raise CLIError(f"{other.image} and {job.image}: both would write {out} (a mask "
+                           "and an overlay in one folder); rename one image or give "
+                           "--overlay another folder")
     inputs = [*args.images, *files, args.scribbles, *(j.scribbles for j in jobs)]
     check_output_dir(args.out, inputs=inputs, outputs=[j.mask for j in jobs], what="--out")
     if args.overlay is not None:
@@ -355,13 +354,13 @@ def _batch_jobs(args: argparse.Namespace) -> list[_Job]:
 
 
 def _cmd_segment_batch(args: argparse.Namespace) -> int:
-    jobs = _batch_jobs(args)
-    done = [j for j in jobs if all(p.exists() for p in j.outputs)]
+    planned = _batch_jobs(args)
     if args.skip_existing:
-        jobs = [j for j in jobs if j not in done]
-    elif not args.overwrite:
+        jobs = [j for j in planned if not all(p.exists() for p in j.outputs)]
+    else:
+        jobs = planned
         existing = [p for j in jobs for p in j.outputs if p.exists()]
-        if existing:
+        if existing and not args.overwrite:
             raise CLIError(f"--out {args.out}: {len(existing)} output(s) exist, e.g. "
                            f"{existing[0]}; pass --overwrite to replace them or "
                            "--skip-existing to leave their images out")
@@ -373,7 +372,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
         set_resume_hint(args, "rloss " + shlex.join([*argv, "--skip-existing"]))
     from tqdm.auto import tqdm
 
-    skipped = len(done) if args.skip_existing else 0
+    skipped = len(planned) - len(jobs)
     failed: list[Path] = []
     bar = tqdm(jobs, desc="segment", unit="image", disable=args.quiet or not jobs)
     for job in bar:
@@ -385,8 +384,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
             tqdm.write(f"rloss segment: {job.image}: {err}", file=sys.stderr)
             continue
         _write(job.mask, job.overlay, image, labels)
-        tqdm.write(f"{job.image} -> {job.mask}: {_summary(image, labels, args, seconds)}",
-                   file=sys.stdout)
+        tqdm.write(f"{job.image} -> {job.mask}: {_summary(image, labels, args, seconds)}")
     bar.close()
     written = len(jobs) - len(failed)
     print(f"wrote {written} mask(s) to {args.out}"
