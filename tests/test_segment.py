@@ -507,6 +507,37 @@ def test_cli_segment_batch_ctrl_c_names_the_resume_command(tmp_path, capsys, mon
     assert err.strip().endswith("--quiet --skip-existing")
 
 
+def test_cli_segment_write_error_names_the_file_and_stops_the_batch(
+        tmp_path, capsys, monkeypatch, count_segment_calls):
+    import rloss.data.io
+
+    img_dir, scr_dir = _batch(tmp_path)
+    real = rloss.data.io.write_label
+
+    def disk_full_on_b(path, labels):
+        if Path(path).name == "b.png":
+            raise OSError(28, "No space left on device")
+        real(path, labels)
+
+    monkeypatch.setattr(rloss.data.io, "write_label", disk_full_on_b)
+    out = tmp_path / "out"
+    argv = ["segment", str(img_dir), "--scribbles", str(scr_dir), "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'b.png'}: could not write it: No space left on device" in err
+    assert "stopped after 1 mask(s) written" in err and err.strip().endswith("--skip-existing")
+    assert len(count_segment_calls) == 2  # c was not attempted
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
+    # one image: the same message, exit status 2
+    single = ["segment", str(img_dir / "b.png"), "--scribbles", str(scr_dir / "b.png"),
+              "--out", str(tmp_path / "b.png"), "--quiet"]
+    assert main(single) == 2
+    assert f"{tmp_path / 'b.png'}: could not write it" in capsys.readouterr().err
+    monkeypatch.setattr(rloss.data.io, "write_label", real)
+    assert main([*argv, "--skip-existing"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+
+
 # ----------------------------------------------------------------- speed-ups (issue 14)
 
 

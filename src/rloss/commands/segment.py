@@ -231,14 +231,21 @@ def _segment(args: argparse.Namespace, image: Any, scribbles: Any, device: str,
 
 
 def _write(mask: Path, overlay_path: Path | None, image: Any, labels: Any) -> None:
+    """Write the mask (and overlay); a failed write (disk full, no permission) is a
+    :class:`CLIError` naming the file. The writes are atomic, so nothing half-written is left."""
     import numpy as np
 
     from rloss.data.io import write_image, write_label
     from rloss.viz import overlay
 
-    write_label(mask, labels.astype(np.uint8))
-    if overlay_path is not None:
-        write_image(overlay_path, overlay(image, labels, alpha=0.5))
+    path = mask
+    try:
+        write_label(mask, labels.astype(np.uint8))
+        if overlay_path is not None:
+            path = overlay_path
+            write_image(overlay_path, overlay(image, labels, alpha=0.5))
+    except OSError as err:
+        raise CLIError(f"{path}: could not write it: {err.strerror or err}") from None
 
 
 def _summary(image: Any, labels: Any, args: argparse.Namespace, seconds: float) -> str:
@@ -374,6 +381,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
 
     skipped = len(planned) - len(jobs)
     failed: list[Path] = []
+    written = 0
     bar = tqdm(jobs, desc="segment", unit="image", disable=args.quiet or not jobs)
     for job in bar:
         try:
@@ -383,10 +391,23 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
             failed.append(job.image)
             tqdm.write(f"rloss segment: {job.image}: {err}", file=sys.stderr)
             continue
-        _write(job.mask, job.overlay, image, labels)
+        try:
+            _write(job.mask, job.overlay, image, labels)
+        except CLIError as err:
+            # a write error (disk full, permissions) would hit every later image too: stop,
+            # keep what was written and say how to go on
+            bar.close()
+            if args.skip_existing:
+                hint = "run the same command again"
+            elif getattr(args, "resume_hint", None):
+                hint = f"resume with: {args.resume_hint}"
+            else:  # --overwrite: the outputs not yet replaced are older ones
+                hint = "run the images not yet done again"
+            raise CLIError(f"{err}; stopped after {written} mask(s) written; once fixed, "
+                           f"{hint}") from None
+        written += 1
         tqdm.write(f"{job.image} -> {job.mask}: {_summary(image, labels, args, seconds)}")
     bar.close()
-    written = len(jobs) - len(failed)
     print(f"wrote {written} mask(s) to {args.out}"
           + (f", {skipped} image(s) left out (outputs exist)" if skipped else ""))
     if failed:
